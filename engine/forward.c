@@ -1,0 +1,497 @@
+/*
+ * forward.c - the transformer forward pass over a batch of tokens: embedding,
+ * RMSNorm, attention with RoPE and a KV cache (GQA), dense SwiGLU or routed
+ * experts (through model_route), the LM head.
+ *
+ * All matrix work goes through mm_run(): a list of (weight rows x activation
+ * rows) tasks split across the thread pool by cost, so one dispatch covers,
+ * e.g., all selected experts of a layer. Activations are converted once per
+ * weight type to what the dot kernels take (as the reference runtime does).
+ * Nothing is allocated here: the context owns every buffer.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "model.h"
+#include "router.h"
+#include "trace.h"
+#include "util.h"
+
+/* ---- matrix tasks ------------------------------------------------------ */
+
+typedef struct {
+    moe_type type;
+    int64_t n_in;          /* row length */
+    const void *w;         /* first row */
+    size_t w_row_bytes;
+    int64_t n_rows;        /* output rows */
+    const void *act;       /* n_act rows, converted to quant_vec_dot_type */
+    size_t act_row_bytes;
+    int64_t n_act;
+    float *out;            /* out[j * out_stride + r] */
+    int64_t out_stride;
+} mm_task;
+
+#define MM_MAX_TASKS 1024
+
+typedef struct {
+    const mm_task *tasks;
+    int n_tasks;
+    int64_t total_cost;
+} mm_job;
+
+static int64_t mm_row_bound(const mm_task *t, int64_t c0, int64_t b)
+{
+    int64_t r;
+    if (b <= c0)
+        return 0;
+    r = (b - c0 + t->n_act - 1) / t->n_act;
+    return r > t->n_rows ? t->n_rows : r;
+}
+
+static void mm_worker(void *arg, int ith, int nth)
+{
+    const mm_job *job = arg;
+    const int64_t lo = job->total_cost * ith / nth;
+    const int64_t hi = job->total_cost * (ith + 1) / nth;
+    int64_t c0 = 0;
+    for (int i = 0; i < job->n_tasks; i++) {
+        const mm_task *t = &job->tasks[i];
+        int64_t cost = t->n_rows * t->n_act;
+        if (c0 + cost > lo && c0 < hi) {
+            int64_t r0 = mm_row_bound(t, c0, lo), r1 = mm_row_bound(t, c0, hi);
+            if (r1 > r0)
+                quant_gemm(t->type, t->n_in, t->w, t->w_row_bytes, r0, r1, t->act,
+                           t->act_row_bytes, t->n_act, t->out, t->out_stride);
+        }
+        c0 += cost;
+        if (c0 >= hi)
+            break;
+    }
+}
+
+static void mm_run(moe_ctx *c, const mm_task *tasks, int n_tasks)
+{
+    mm_job job = {tasks, n_tasks, 0};
+    for (int i = 0; i < n_tasks; i++)
+        job.total_cost += tasks[i].n_rows * tasks[i].n_act;
+    if (job.total_cost == 0)
+        return;
+    tp_run(c->pool, mm_worker, &job);
+}
+
+/* Convert n rows of f32 activations (n_in each, stride n_in) for weights of
+ * type t into buf. Returns the converted rows and their stride in bytes. */
+static const void *act_convert(moe_type t, const float *x, int64_t n, int64_t n_in, void *buf,
+                               size_t *row_bytes)
+{
+    moe_type vt = quant_vec_dot_type(t);
+    if (vt == MOE_TYPE_F32) {
+        *row_bytes = (size_t)n_in * sizeof(float);
+        return x;
+    }
+    *row_bytes = quant_row_bytes(vt, n_in);
+    for (int64_t j = 0; j < n; j++)
+        quant_quantize_row(vt, x + j * n_in, (char *)buf + (size_t)j * *row_bytes, n_in);
+    return buf;
+}
+
+static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t act_row_bytes,
+                       int64_t n_act, float *out, int64_t out_stride)
+{
+    mm_task t;
+    t.type = w->type;
+    t.n_in = w->ne[0];
+    t.w_row_bytes = w->row_bytes;
+    t.n_rows = w->ne[1];
+    t.w = (const char *)w->data + (size_t)expert * (size_t)w->ne[1] * w->row_bytes;
+    t.act = act;
+    t.act_row_bytes = act_row_bytes;
+    t.n_act = n_act;
+    t.out = out;
+    t.out_stride = out_stride;
+    return t;
+}
+
+/* y[n][rows] = W x[n][n_in] for one weight. */
+static void matmul(moe_ctx *c, const mtensor *w, const float *x, int64_t n, float *y)
+{
+    size_t rb;
+    const void *act = act_convert(w->type, x, n, w->ne[0], c->act_q, &rb);
+    mm_task t = mm_make(w, 0, act, rb, n, y, w->ne[1]);
+    mm_run(c, &t, 1);
+}
+
+/* ---- elementwise pieces ------------------------------------------------ */
+
+/* Rounding follows the reference runtime step by step (float squares summed
+ * in double, float mean, float reciprocal square root, scale then weight):
+ * quantized activations downstream turn 1-ulp differences into flipped
+ * roundings, so matching the reference closely needs the same arithmetic. */
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    double ss = 0.0;
+    float mean, scale;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)(x[i] * x[i]);
+    mean = (float)(ss / (double)n);
+    scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = (x[i] * scale) * w[i];
+}
+
+static void add_bias(float *y, const mtensor *b, int64_t n, int64_t rows)
+{
+    const float *bv = b->data;
+    if (!bv)
+        return;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < rows; i++)
+            y[j * rows + i] += bv[i];
+}
+
+/* Rotate the first n_rot dims of each of n_heads heads of one token. */
+static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind kind,
+                 int32_t pos, float base)
+{
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    for (int32_t h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * (size_t)hd;
+        float theta = (float)pos;
+        for (int32_t i = 0; i < n_rot / 2; i++) {
+            const float cs = cosf(theta), sn = sinf(theta);
+            int32_t a = kind == ROPE_NEOX ? i : 2 * i;
+            int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+            float x0 = v[a], x1 = v[b];
+            v[a] = x0 * cs - x1 * sn;
+            v[b] = x0 * sn + x1 * cs;
+            theta *= theta_scale;
+        }
+    }
+}
+
+static inline float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* ---- attention --------------------------------------------------------- */
+
+typedef struct {
+    moe_ctx *c;
+    int32_t il;
+    int32_t n;     /* tokens in the batch */
+    int32_t pos0;  /* position of the first */
+} attn_job;
+
+static void attn_worker(void *arg, int ith, int nth)
+{
+    const attn_job *job = arg;
+    moe_ctx *c = job->c;
+    const model_hparams *hp = &c->model->hp;
+    const int32_t hd = hp->n_embd_head, n_head = hp->n_head;
+    const int32_t group = hp->n_head / hp->n_head_kv;
+    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
+    const size_t n_q = (size_t)n_head * (size_t)hd;
+    const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
+    const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    float *sc = c->att_scores + (size_t)ith * (size_t)c->n_ctx;
+    const int64_t n_items = (int64_t)job->n * n_head;
+
+    for (int64_t it = ith; it < n_items; it += nth) {
+        const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
+        const int32_t g = h / group;
+        const int32_t n_pos = job->pos0 + t + 1;
+        const float *q = c->q + (size_t)t * n_q + (size_t)h * (size_t)hd;
+        float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int32_t p = 0; p < n_pos; p++) {
+            const float *k = kc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
+            float s = 0.0f;
+            for (int32_t d = 0; d < hd; d++)
+                s += q[d] * k[d];
+            s *= scale;
+            sc[p] = s;
+            if (s > mx)
+                mx = s;
+        }
+        for (int32_t p = 0; p < n_pos; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int32_t p = 0; p < n_pos; p++) {
+            const float *v = vc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
+            const float w = sc[p] / sum;
+            for (int32_t d = 0; d < hd; d++)
+                o[d] += w * v[d];
+        }
+    }
+}
+
+static void attention(moe_ctx *c, int32_t il, int32_t n)
+{
+    const moe_model *m = c->model;
+    const model_hparams *hp = &m->hp;
+    const model_layer *L = &m->layers[il];
+    const int32_t hd = hp->n_embd_head;
+    const int64_t n_q = (int64_t)hp->n_head * hd, n_kv = (int64_t)hp->n_head_kv * hd;
+    const int64_t n_embd = hp->n_embd;
+    mm_task tasks[3];
+    size_t rb;
+    const void *act;
+    attn_job job = {c, il, n, c->pos};
+
+    for (int32_t t = 0; t < n; t++)
+        rmsnorm(c->xn + t * n_embd, c->x + t * n_embd, L->attn_norm.data, n_embd, hp->norm_eps);
+
+    /* q, k, v in one dispatch when they share a weight type */
+    if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
+        act = act_convert(L->wq.type, c->xn, n, n_embd, c->act_q, &rb);
+        tasks[0] = mm_make(&L->wq, 0, act, rb, n, c->q, n_q);
+        tasks[1] = mm_make(&L->wk, 0, act, rb, n, c->k, n_kv);
+        tasks[2] = mm_make(&L->wv, 0, act, rb, n, c->v, n_kv);
+        mm_run(c, tasks, 3);
+    } else {
+        matmul(c, &L->wq, c->xn, n, c->q);
+        matmul(c, &L->wk, c->xn, n, c->k);
+        matmul(c, &L->wv, c->xn, n, c->v);
+    }
+    add_bias(c->q, &L->bq, n, n_q);
+    add_bias(c->k, &L->bk, n, n_kv);
+    add_bias(c->v, &L->bv, n, n_kv);
+
+    for (int32_t t = 0; t < n; t++) {
+        float *q = c->q + t * n_q, *k = c->k + t * n_kv;
+        if (hp->qk_norm_full) {
+            rmsnorm(q, q, L->q_norm.data, n_q, hp->norm_eps);
+            rmsnorm(k, k, L->k_norm.data, n_kv, hp->norm_eps);
+        } else if (hp->qk_norm_head) {
+            for (int32_t h = 0; h < hp->n_head; h++)
+                rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->norm_eps);
+            for (int32_t h = 0; h < hp->n_head_kv; h++)
+                rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->norm_eps);
+        }
+        rope(q, hp->n_head, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
+        rope(k, hp->n_head_kv, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
+    }
+    /* append k, v to the cache */
+    {
+        size_t off = ((size_t)il * (size_t)c->n_ctx + (size_t)c->pos) * (size_t)n_kv;
+        memcpy(c->k_cache + off, c->k, (size_t)n * (size_t)n_kv * sizeof(float));
+        memcpy(c->v_cache + off, c->v, (size_t)n * (size_t)n_kv * sizeof(float));
+    }
+    tp_run(c->pool, attn_worker, &job);
+    matmul(c, &L->wo, c->att, n, c->ffn_out);
+    for (int64_t i = 0; i < (int64_t)n * n_embd; i++)
+        c->x[i] += c->ffn_out[i] * hp->residual_scale;
+}
+
+/* ---- feed-forward ------------------------------------------------------ */
+
+/* Dense SwiGLU of n rows of xn into out. */
+static void ffn_dense(moe_ctx *c, const mtensor *wg, const mtensor *wu, const mtensor *wd,
+                      const float *xn, int32_t n, float *out)
+{
+    const int64_t n_ff = wg->ne[1], n_embd = wg->ne[0];
+    mm_task tasks[2];
+    size_t rb;
+    const void *act = act_convert(wg->type, xn, n, n_embd, c->act_q, &rb);
+    if (wg->type == wu->type) {
+        tasks[0] = mm_make(wg, 0, act, rb, n, c->hb, n_ff);
+        tasks[1] = mm_make(wu, 0, act, rb, n, c->hb2, n_ff);
+        mm_run(c, tasks, 2);
+    } else {
+        tasks[0] = mm_make(wg, 0, act, rb, n, c->hb, n_ff);
+        mm_run(c, tasks, 1);
+        matmul(c, wu, xn, n, c->hb2);
+    }
+    for (int64_t i = 0; i < (int64_t)n * n_ff; i++)
+        c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    matmul(c, wd, c->hb, n, out);
+}
+
+static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
+{
+    const moe_model *m = c->model;
+    const model_hparams *hp = &m->hp;
+    const model_layer *L = &m->layers[il];
+    const int32_t ne = hp->n_expert, ns = c->n_sel;
+    const int64_t n_embd = hp->n_embd, nf = hp->n_ff_exp;
+    mm_task tasks[MM_MAX_TASKS];
+    int n_tasks = 0;
+    int32_t n_slots = 0;
+    int32_t *slot_start = c->exp_start;
+    size_t rb;
+    const void *act;
+
+    /* router logits for every token (f32 weights usually), then the
+     * routing decision: (expert, weight) lists of n_sel_tok[t] entries */
+    matmul(c, &L->gate_inp, c->xn, n, c->router_logits);
+    router_select(c, il, n);
+
+    /* group (token, choice) pairs by expert: slots are contiguous per expert */
+    memset(c->exp_count, 0, (size_t)ne * sizeof(int32_t));
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < c->n_sel_tok[t]; j++)
+            c->exp_count[c->sel[t * ns + j]]++;
+    for (int32_t e = 0; e < ne; e++) {
+        slot_start[e] = n_slots;
+        n_slots += c->exp_count[e];
+        c->exp_count[e] = 0;
+    }
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < c->n_sel_tok[t]; j++) {
+            int32_t e = c->sel[t * ns + j];
+            int32_t s = slot_start[e] + c->exp_count[e]++;
+            c->slot_of[t * ns + j] = s;
+            memcpy(c->x_gather + (size_t)s * n_embd, c->xn + (size_t)t * n_embd,
+                   (size_t)n_embd * sizeof(float));
+        }
+
+    /* gate and up for every used expert in one dispatch */
+    act = act_convert(L->gate_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+    for (int32_t e = 0; e < ne; e++) {
+        int32_t cnt = c->exp_count[e];
+        const void *a;
+        if (!cnt)
+            continue;
+        a = (const char *)act + (size_t)slot_start[e] * rb;
+        tasks[n_tasks++] = mm_make(&L->gate_exps, e, a, rb, cnt,
+                                   c->hb + (size_t)slot_start[e] * nf, nf);
+        if (L->up_exps.type == L->gate_exps.type)
+            tasks[n_tasks++] = mm_make(&L->up_exps, e, a, rb, cnt,
+                                       c->hb2 + (size_t)slot_start[e] * nf, nf);
+    }
+    mm_run(c, tasks, n_tasks);
+    if (L->up_exps.type != L->gate_exps.type) {
+        n_tasks = 0;
+        act = act_convert(L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+        for (int32_t e = 0; e < ne; e++)
+            if (c->exp_count[e])
+                tasks[n_tasks++] = mm_make(&L->up_exps, e,
+                                           (const char *)act + (size_t)slot_start[e] * rb, rb,
+                                           c->exp_count[e], c->hb2 + (size_t)slot_start[e] * nf,
+                                           nf);
+        mm_run(c, tasks, n_tasks);
+    }
+    for (int64_t i = 0; i < (int64_t)n_slots * nf; i++)
+        c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+
+    /* down projections */
+    n_tasks = 0;
+    act = act_convert(L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
+    for (int32_t e = 0; e < ne; e++)
+        if (c->exp_count[e])
+            tasks[n_tasks++] = mm_make(&L->down_exps, e,
+                                       (const char *)act + (size_t)slot_start[e] * rb, rb,
+                                       c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd,
+                                       n_embd);
+    mm_run(c, tasks, n_tasks);
+
+    /* weighted sum back per token, in choice order like the reference */
+    memset(c->ffn_out, 0, (size_t)n * (size_t)n_embd * sizeof(float));
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < c->n_sel_tok[t]; j++) {
+            float w = c->sel_w[t * ns + j];
+            float *o = c->ffn_out + (size_t)t * n_embd;
+            const float *y = c->y_gather + (size_t)c->slot_of[t * ns + j] * n_embd;
+            for (int64_t i = 0; i < n_embd; i++)
+                o[i] += w * y[i];
+        }
+
+    /* shared expert (qwen2moe) */
+    if (L->gate_inp_shexp.data) {
+        float *tmp = c->x_gather; /* free again: reuse as [n][n_embd] */
+        matmul(c, &L->gate_inp_shexp, c->xn, n, c->shexp_gate);
+        ffn_dense(c, &L->gate_shexp, &L->up_shexp, &L->down_shexp, c->xn, n, tmp);
+        for (int32_t t = 0; t < n; t++) {
+            float g = 1.0f / (1.0f + expf(-c->shexp_gate[t]));
+            if (c->trace)
+                trace_cur(c->trace, t)->shexp_gate[il] = g;
+            for (int64_t i = 0; i < n_embd; i++)
+                c->ffn_out[(size_t)t * n_embd + i] += g * tmp[(size_t)t * n_embd + i];
+        }
+    }
+}
+
+/* ---- the whole pass ---------------------------------------------------- */
+
+void forward_embed(moe_ctx *c, const int32_t *tokens, int32_t n)
+{
+    const moe_model *m = c->model;
+    const model_hparams *hp = &m->hp;
+    const int64_t n_embd = hp->n_embd;
+    for (int32_t t = 0; t < n; t++) {
+        float *x = c->x + t * n_embd;
+        quant_dequantize_row(m->tok_embd.type,
+                             (const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
+                             x, n_embd);
+        if (hp->embd_scale != 1.0f)
+            for (int64_t i = 0; i < n_embd; i++)
+                x[i] *= hp->embd_scale;
+    }
+}
+
+void forward_layer(moe_ctx *c, int32_t il, int32_t n)
+{
+    const moe_model *m = c->model;
+    const model_hparams *hp = &m->hp;
+    const model_layer *L = &m->layers[il];
+    const int64_t n_embd = hp->n_embd;
+
+    attention(c, il, n);
+    for (int32_t t = 0; t < n; t++)
+        rmsnorm(c->xn + t * n_embd, c->x + t * n_embd, L->ffn_norm.data, n_embd, hp->norm_eps);
+    if (L->gate_inp.data)
+        ffn_moe(c, il, n);
+    else
+        ffn_dense(c, &L->ffn_gate, &L->ffn_up, &L->ffn_down, c->xn, n, c->ffn_out);
+    for (int64_t i = 0; i < (int64_t)n * n_embd; i++)
+        c->x[i] += c->ffn_out[i] * hp->residual_scale;
+    if (c->trace)
+        for (int32_t t = 0; t < n; t++) {
+            const float *x = c->x + t * n_embd;
+            double ss = 0.0;
+            for (int64_t i = 0; i < n_embd; i++)
+                ss += (double)x[i] * x[i];
+            trace_cur(c->trace, t)->hnorm[il] = (float)sqrt(ss);
+        }
+}
+
+void forward_head(moe_ctx *c, const float *x, int32_t n_out, float *logits)
+{
+    const moe_model *m = c->model;
+    const model_hparams *hp = &m->hp;
+    const int64_t n_embd = hp->n_embd;
+    for (int32_t t = 0; t < n_out; t++)
+        rmsnorm(c->xn + t * n_embd, x + t * n_embd, m->output_norm.data, n_embd, hp->norm_eps);
+    matmul(c, &m->output, c->xn, n_out, logits);
+    if (hp->logit_scale != 1.0f)
+        for (int64_t i = 0; i < (int64_t)n_out * hp->n_vocab; i++)
+            logits[i] /= hp->logit_scale;
+}
+
+moe_status forward_batch(moe_ctx *c, const int32_t *tokens, int32_t n, bool all)
+{
+    const model_hparams *hp = &c->model->hp;
+    const int32_t first_out = all ? 0 : n - 1;
+    const double t0 = c->trace ? util_now() : 0.0;
+
+    if (c->trace) {
+        moe_status st = trace_begin(c->trace, tokens, n, c->pos);
+        if (st != MOE_OK)
+            return st;
+    }
+    forward_embed(c, tokens, n);
+    for (int32_t il = 0; il < hp->n_layer; il++)
+        forward_layer(c, il, n);
+    forward_head(c, c->x + (size_t)first_out * (size_t)hp->n_embd, n - first_out, c->logits);
+    c->pos += n;
+    if (c->trace)
+        trace_end(c->trace, n, util_now() - t0);
+    return MOE_OK;
+}

@@ -1,0 +1,81 @@
+/*
+ * cli.h - the headless subcommands of moe-studio (info, run, tokenize, eval,
+ * bench, synth) and the helpers they share: one-line error reporting, option
+ * parsing, model loading, tokenizing, escaping and timing.
+ *
+ * Conventions: every command takes (argc, argv) with argv[0] the command name,
+ * parses with getopt_long, prints results to stdout and reports a failure as
+ * exactly one line "moe-studio <cmd>: <problem>" on stderr. Exit status:
+ * 0 success, 1 runtime failure, 2 usage error.
+ */
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moe.h"
+
+enum { CLI_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
+
+/* ---- subcommands ---- */
+int cmd_info(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+
+/* ---- errors ---- */
+/* Print "moe-studio <cmd>: <message>\n" to stderr (newlines in the message
+ * become spaces, so it stays one line) and return code. */
+int cli_fail(const char *cmd, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Same, with ": <status>: <moe_last_error()>" appended; returns CLI_EXIT_FAIL. */
+int cli_fail_engine(const char *cmd, moe_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Report what getopt_long returned for a bad option ('?' or ':') as one line
+ * naming the option; returns CLI_EXIT_USAGE. Call with opterr = 0 and an
+ * optstring starting with ':'. */
+int cli_bad_option(const char *cmd, int c, char **argv);
+/* Reset getopt for a fresh parse of a subcommand's argv. */
+void cli_getopt_reset(void);
+
+/* ---- option values (print the one-line error themselves) ---- */
+bool cli_parse_int(const char *cmd, const char *opt, const char *s,
+                   long min, long max, int *out);
+bool cli_parse_u64(const char *cmd, const char *opt, const char *s,
+                   uint64_t *out);
+bool cli_parse_float(const char *cmd, const char *opt, const char *s,
+                     double min, double max, float *out);
+
+/* ---- files and models ---- */
+/* Read a whole file into a NUL-terminated malloc'd buffer (caller frees).
+ * Prints the error and returns NULL on failure. */
+char *cli_read_file(const char *cmd, const char *path, size_t *len);
+/* Load a model with n_threads (<= 0: engine default). Prints the error
+ * (naming the path and the engine's detail) and returns NULL on failure. */
+moe_model *cli_load_model(const char *cmd, const char *path, int n_threads);
+/* Tokenize len bytes; *ids is malloc'd (caller frees, may be non-NULL even
+ * when *n == 0). Prints the error and returns false on failure. */
+bool cli_tokenize(const char *cmd, const moe_model *model, const char *text,
+                  size_t len, bool add_bos, bool parse_special,
+                  int32_t **ids, int32_t *n);
+/* true when the tokenizer prefixes text with a space (SentencePiece style),
+ * so the first piece after BOS carries a space that detokenizing drops. */
+bool cli_model_adds_space_prefix(const moe_model *model);
+
+/* ---- output ---- */
+/* Write bytes as a single-quoted, escaped string: printable ASCII and valid
+ * UTF-8 as is; \n \t \r \\ \' and \xNN for everything else. */
+void cli_write_escaped(FILE *f, const char *s, size_t len);
+/* Lower-case hex of len bytes into a malloc'd string (caller frees). */
+char *cli_hex(const char *s, size_t len);
+/* Monotonic time in seconds. */
+double cli_now(void);
+/* Median of n doubles (sorts v in place); 0 for n == 0. */
+double cli_median(double *v, int n);
+
+#endif

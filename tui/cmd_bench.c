@@ -1,0 +1,224 @@
+/*
+ * cmd_bench.c - `moe-studio bench`: prompt-processing speed (one batch of p
+ * tokens), generation speed (n single-token decodes), the weight bandwidth
+ * generation achieves (bytes of weights a token reads, active experts only,
+ * over the time per token) and the machine's read bandwidth measured in the
+ * same run. Medians over --reps. Must not depend on curses, readline or Lua.
+ */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "synth.h"
+
+static const char *const bench_cmd = "bench";
+
+static void bench_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moe-studio bench -m MODEL [-t THREADS] [-p N] [-n N] [--reps R] [--json]\n"
+            "  -m, --model MODEL     GGUF model\n"
+            "  -t, --threads N       worker threads (default: online CPUs)\n"
+            "  -p, --n-prompt N      prompt tokens decoded as one batch (default 128)\n"
+            "  -n, --n-gen N         single-token decodes for generation (default 64)\n"
+            "      --reps R          repetitions; medians are reported (default 3)\n"
+            "      --json            one JSON object with pp_tok_s, tg_tok_s,\n"
+            "                        tg_weight_gb_s, read_bw_gb_s, threads, model, ...\n");
+}
+
+enum { BENCH_OPT_REPS = 256, BENCH_OPT_JSON };
+
+/* xorshift64*: deterministic token ids for the benchmark batches. */
+static uint64_t bench_rand(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"threads", required_argument, NULL, 't'},
+        {"n-prompt", required_argument, NULL, 'p'},
+        {"n-gen", required_argument, NULL, 'n'},
+        {"reps", required_argument, NULL, BENCH_OPT_REPS},
+        {"json", no_argument, NULL, BENCH_OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    int n_threads = 0, n_prompt = 128, n_gen = 64, reps = 3, c, rc = CLI_EXIT_FAIL;
+    bool json = false;
+    moe_model *model = NULL;
+    moe_ctx *ctx = NULL;
+    moe_model_info info;
+    moe_ctx_params cp = moe_ctx_default_params();
+    moe_status st;
+    int32_t *toks = NULL;
+    double *pp = NULL, *tg = NULL, pp_med, tg_med, read_bw, weight_gb_s;
+    int64_t active_bytes;
+    uint64_t rng = 0x9E3779B97F4A7C15ULL;
+
+    while ((c = getopt_long(argc, argv, ":m:t:p:n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': path = optarg; break;
+        case 't':
+            if (!cli_parse_int(bench_cmd, "-t", optarg, 1, 1024, &n_threads))
+                return CLI_EXIT_USAGE;
+            break;
+        case 'p':
+            if (!cli_parse_int(bench_cmd, "-p", optarg, 1, 1 << 16, &n_prompt))
+                return CLI_EXIT_USAGE;
+            break;
+        case 'n':
+            if (!cli_parse_int(bench_cmd, "-n", optarg, 1, 1 << 16, &n_gen))
+                return CLI_EXIT_USAGE;
+            break;
+        case BENCH_OPT_REPS:
+            if (!cli_parse_int(bench_cmd, "--reps", optarg, 1, 1000, &reps))
+                return CLI_EXIT_USAGE;
+            break;
+        case BENCH_OPT_JSON: json = true; break;
+        case 'h': bench_usage(stdout); return CLI_OK;
+        default: return cli_bad_option(bench_cmd, c, argv);
+        }
+    }
+    if (optind < argc)
+        return cli_fail(bench_cmd, CLI_EXIT_USAGE, "unexpected argument '%s'",
+                        argv[optind]);
+    if (!path)
+        return cli_fail(bench_cmd, CLI_EXIT_USAGE, "missing -m MODEL");
+    if (n_threads <= 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = ncpu > 0 && ncpu < 1024 ? (int)ncpu : 1;
+    }
+
+    model = cli_load_model(bench_cmd, path, n_threads);
+    if (!model)
+        goto out;
+    moe_model_get_info(model, &info);
+    if (info.n_vocab <= 0) {
+        cli_fail(bench_cmd, CLI_EXIT_FAIL, "model reports n_vocab %d", info.n_vocab);
+        goto out;
+    }
+
+    cp.n_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + 1;
+    cp.n_threads = n_threads;
+    cp.n_batch = n_prompt;
+    st = moe_ctx_new(model, &cp, &ctx);
+    if (st != MOE_OK) {
+        cli_fail_engine(bench_cmd, st, "cannot create a context of %d tokens", cp.n_ctx);
+        goto out;
+    }
+
+    toks = malloc((size_t)(n_prompt > n_gen ? n_prompt : n_gen) * sizeof *toks);
+    pp = malloc((size_t)reps * sizeof *pp);
+    tg = malloc((size_t)reps * sizeof *tg);
+    if (!toks || !pp || !tg) {
+        cli_fail(bench_cmd, CLI_EXIT_FAIL, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < (n_prompt > n_gen ? n_prompt : n_gen); i++)
+        toks[i] = (int32_t)(bench_rand(&rng) % (uint64_t)info.n_vocab);
+
+    /* Warm-up: fault the mapped weights in and start the workers. */
+    st = moe_ctx_decode(ctx, toks, 1, false);
+    if (st != MOE_OK) {
+        cli_fail_engine(bench_cmd, st, "warm-up decode failed");
+        goto out;
+    }
+
+    for (int r = 0; r < reps; r++) {
+        double t0, t1;
+        moe_ctx_truncate(ctx, 0);
+        t0 = cli_now();
+        st = moe_ctx_decode(ctx, toks, n_prompt, false);
+        t1 = cli_now();
+        if (st != MOE_OK) {
+            cli_fail_engine(bench_cmd, st, "prompt decode failed");
+            goto out;
+        }
+        pp[r] = t1 > t0 ? n_prompt / (t1 - t0) : 0.0;
+
+        moe_ctx_truncate(ctx, 0);
+        t0 = cli_now();
+        for (int i = 0; i < n_gen; i++) {
+            st = moe_ctx_decode(ctx, &toks[i], 1, false);
+            if (st != MOE_OK) {
+                cli_fail_engine(bench_cmd, st, "generation decode %d failed", i);
+                goto out;
+            }
+        }
+        t1 = cli_now();
+        tg[r] = t1 > t0 ? n_gen / (t1 - t0) : 0.0;
+    }
+    pp_med = cli_median(pp, reps);
+    tg_med = cli_median(tg, reps);
+
+    active_bytes = moe_model_active_bytes_per_token(model);
+    weight_gb_s = active_bytes > 0 ? (double)active_bytes * tg_med / 1e9 : 0.0;
+    read_bw = synth_read_bandwidth(n_threads);
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        char *s;
+        if (!o) {
+            cli_fail(bench_cmd, CLI_EXIT_FAIL, "out of memory");
+            goto out;
+        }
+        cJSON_AddStringToObject(o, "model", path);
+        cJSON_AddStringToObject(o, "arch", info.arch ? info.arch : "");
+        cJSON_AddStringToObject(o, "ftype", info.ftype ? info.ftype : "");
+        cJSON_AddNumberToObject(o, "threads", n_threads);
+        cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
+        cJSON_AddNumberToObject(o, "n_gen", n_gen);
+        cJSON_AddNumberToObject(o, "reps", reps);
+        cJSON_AddNumberToObject(o, "pp_tok_s", pp_med);
+        cJSON_AddNumberToObject(o, "tg_tok_s", tg_med);
+        cJSON_AddNumberToObject(o, "active_bytes_per_token", (double)active_bytes);
+        cJSON_AddNumberToObject(o, "tg_weight_gb_s", weight_gb_s);
+        cJSON_AddNumberToObject(o, "read_bw_gb_s", read_bw);
+        s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!s) {
+            cli_fail(bench_cmd, CLI_EXIT_FAIL, "out of memory");
+            goto out;
+        }
+        printf("%s\n", s);
+        free(s);
+    } else {
+        printf("model            %s (%s, %s)\n", path, info.arch ? info.arch : "",
+               info.ftype ? info.ftype : "");
+        printf("threads          %d\n", n_threads);
+        printf("pp%-5d          %.1f tok/s (median of %d)\n", n_prompt, pp_med, reps);
+        printf("tg%-5d          %.1f tok/s (median of %d)\n", n_gen, tg_med, reps);
+        printf("weights/token    %.2f MiB (active experts only)\n",
+               (double)active_bytes / (1024.0 * 1024.0));
+        printf("tg weight bw     %.2f GB/s", weight_gb_s);
+        if (read_bw > 0)
+            printf(" (%.0f%% of read bandwidth)", 100.0 * weight_gb_s / read_bw);
+        printf("\nread bandwidth   %.2f GB/s (measured, %d threads)\n", read_bw,
+               n_threads);
+    }
+    fflush(stdout);
+    if (ferror(stdout)) {
+        cli_fail(bench_cmd, CLI_EXIT_FAIL, "error writing to stdout");
+        goto out;
+    }
+    rc = CLI_OK;
+out:
+    free(toks);
+    free(pp);
+    free(tg);
+    moe_ctx_free(ctx);
+    moe_model_free(model);
+    return rc;
+}
