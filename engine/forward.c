@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "exit.h"
 #include "model.h"
 #include "router.h"
 #include "trace.h"
@@ -72,14 +73,24 @@ static void mm_worker(void *arg, int ith, int nth)
     }
 }
 
+/* Below this many multiply-adds a job runs on the calling thread: waking
+ * workers costs more than it saves. */
+#define MM_MIN_PARALLEL_MACS (1 << 16)
+
 static void mm_run(moe_ctx *c, const mm_task *tasks, int n_tasks)
 {
     mm_job job = {tasks, n_tasks, 0};
-    for (int i = 0; i < n_tasks; i++)
+    int64_t macs = 0;
+    for (int i = 0; i < n_tasks; i++) {
         job.total_cost += tasks[i].n_rows * tasks[i].n_act;
+        macs += tasks[i].n_rows * tasks[i].n_act * tasks[i].n_in;
+    }
     if (job.total_cost == 0)
         return;
-    tp_run(c->pool, mm_worker, &job);
+    if (macs < MM_MIN_PARALLEL_MACS)
+        mm_worker(&job, 0, 1);
+    else
+        tp_run(c->pool, mm_worker, &job);
 }
 
 /* Convert n rows of f32 activations (n_in each, stride n_in) for weights of
@@ -179,6 +190,29 @@ static inline float silu(float x)
 
 /* ---- attention --------------------------------------------------------- */
 
+/* o[d] = fma(v[d], w, o[d]): one rounding per element, as the reference's
+ * vector kernels do. Built for FMA hardware where the compiler can (the
+ * plain fmaf fallback is a libm call). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("fma", "default")))
+#endif
+#endif
+static void vec_fma(float *o, const float *v, float w, int32_t n)
+{
+    for (int32_t d = 0; d < n; d++)
+        o[d] = fmaf(v[d], w, o[d]);
+}
+
+/* Attention of one query row, in the reference runtime's order (its
+ * flash-attention kernel, one pass with an online softmax): for each cached
+ * position p, s = (k.q summed in order, plain float multiply-adds) * scale;
+ * when s raises the running max m the accumulator and the running sum are
+ * scaled by expf(m_old - s) and p gets weight 1, else p gets expf(s - m);
+ * o += weight * v with fused multiply-adds; finally o *= 1 / sum. Matching
+ * this order matters for quantized models: the attention output is
+ * re-quantized, so 1-ulp differences flip roundings downstream. */
+
 typedef struct {
     moe_ctx *c;
     int32_t il;
@@ -198,7 +232,6 @@ static void attn_worker(void *arg, int ith, int nth)
     const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
     const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
     const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
-    float *sc = c->att_scores + (size_t)ith * (size_t)c->n_ctx;
     const int64_t n_items = (int64_t)job->n * n_head;
 
     for (int64_t it = ith; it < n_items; it += nth) {
@@ -207,32 +240,39 @@ static void attn_worker(void *arg, int ith, int nth)
         const int32_t n_pos = job->pos0 + t + 1;
         const float *q = c->q + (size_t)t * n_q + (size_t)h * (size_t)hd;
         float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
-        float mx = -INFINITY, sum = 0.0f;
-        for (int32_t p = 0; p < n_pos; p++) {
-            const float *k = kc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
-            float s = 0.0f;
-            for (int32_t d = 0; d < hd; d++)
-                s += q[d] * k[d];
-            s *= scale;
-            sc[p] = s;
-            if (s > mx)
-                mx = s;
-        }
-        for (int32_t p = 0; p < n_pos; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
+        float m = -INFINITY, s_sum = 0.0f;
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int32_t p = 0; p < n_pos; p++) {
+            const float *k = kc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
             const float *v = vc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
-            const float w = sc[p] / sum;
+            float s = 0.0f, ms = 1.0f, vs = 1.0f;
             for (int32_t d = 0; d < hd; d++)
-                o[d] += w * v[d];
+                s += k[d] * q[d];
+            s *= scale;
+            if (s > m) {
+                ms = expf(m - s);
+                m = s;
+                for (int32_t d = 0; d < hd; d++)
+                    o[d] *= ms;
+            } else {
+                vs = expf(s - m);
+            }
+            vec_fma(o, v, vs, hd);
+            s_sum = s_sum * ms + vs;
+        }
+        {
+            const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
+            for (int32_t d = 0; d < hd; d++)
+                o[d] *= inv;
         }
     }
 }
 
-static void attention(moe_ctx *c, int32_t il, int32_t n)
+/* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x
+ * at positions ctx->pos..; k and v are appended to layer il's cache. With
+ * want_q false only k and v are made (tokens that exited earlier still
+ * leave keys and values for later tokens to attend to). */
+static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
 {
     const moe_model *m = c->model;
     const model_hparams *hp = &m->hp;
@@ -241,9 +281,9 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
     const int64_t n_q = (int64_t)hp->n_head * hd, n_kv = (int64_t)hp->n_head_kv * hd;
     const int64_t n_embd = hp->n_embd;
     mm_task tasks[3];
+    int n_tasks = 0;
     size_t rb;
     const void *act;
-    attn_job job = {c, il, n, c->pos};
 
     for (int32_t t = 0; t < n; t++)
         rmsnorm(c->xn + t * n_embd, c->x + t * n_embd, L->attn_norm.data, n_embd, hp->norm_eps);
@@ -251,31 +291,36 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
     /* q, k, v in one dispatch when they share a weight type */
     if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
         act = act_convert(L->wq.type, c->xn, n, n_embd, c->act_q, &rb);
-        tasks[0] = mm_make(&L->wq, 0, act, rb, n, c->q, n_q);
-        tasks[1] = mm_make(&L->wk, 0, act, rb, n, c->k, n_kv);
-        tasks[2] = mm_make(&L->wv, 0, act, rb, n, c->v, n_kv);
-        mm_run(c, tasks, 3);
+        if (want_q)
+            tasks[n_tasks++] = mm_make(&L->wq, 0, act, rb, n, c->q, n_q);
+        tasks[n_tasks++] = mm_make(&L->wk, 0, act, rb, n, c->k, n_kv);
+        tasks[n_tasks++] = mm_make(&L->wv, 0, act, rb, n, c->v, n_kv);
+        mm_run(c, tasks, n_tasks);
     } else {
-        matmul(c, &L->wq, c->xn, n, c->q);
+        if (want_q)
+            matmul(c, &L->wq, c->xn, n, c->q);
         matmul(c, &L->wk, c->xn, n, c->k);
         matmul(c, &L->wv, c->xn, n, c->v);
     }
-    add_bias(c->q, &L->bq, n, n_q);
+    if (want_q)
+        add_bias(c->q, &L->bq, n, n_q);
     add_bias(c->k, &L->bk, n, n_kv);
     add_bias(c->v, &L->bv, n, n_kv);
 
     for (int32_t t = 0; t < n; t++) {
         float *q = c->q + t * n_q, *k = c->k + t * n_kv;
         if (hp->qk_norm_full) {
-            rmsnorm(q, q, L->q_norm.data, n_q, hp->norm_eps);
+            if (want_q)
+                rmsnorm(q, q, L->q_norm.data, n_q, hp->norm_eps);
             rmsnorm(k, k, L->k_norm.data, n_kv, hp->norm_eps);
         } else if (hp->qk_norm_head) {
-            for (int32_t h = 0; h < hp->n_head; h++)
+            for (int32_t h = 0; want_q && h < hp->n_head; h++)
                 rmsnorm(q + h * hd, q + h * hd, L->q_norm.data, hd, hp->norm_eps);
             for (int32_t h = 0; h < hp->n_head_kv; h++)
                 rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->norm_eps);
         }
-        rope(q, hp->n_head, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
+        if (want_q)
+            rope(q, hp->n_head, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
         rope(k, hp->n_head_kv, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
     }
     /* append k, v to the cache */
@@ -284,10 +329,28 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
         memcpy(c->k_cache + off, c->k, (size_t)n * (size_t)n_kv * sizeof(float));
         memcpy(c->v_cache + off, c->v, (size_t)n * (size_t)n_kv * sizeof(float));
     }
-    tp_run(c->pool, attn_worker, &job);
-    matmul(c, &L->wo, c->att, n, c->ffn_out);
+}
+
+static void attention(moe_ctx *c, int32_t il, int32_t n)
+{
+    const model_hparams *hp = &c->model->hp;
+    const int64_t n_embd = hp->n_embd;
+    attn_job job = {c, il, n, c->pos};
+
+    attention_qkv(c, il, n, true);
+    /* work ~ tokens x heads x positions x head size */
+    if ((int64_t)n * hp->n_head * (c->pos + n) * hp->n_embd_head < MM_MIN_PARALLEL_MACS)
+        attn_worker(&job, 0, 1);
+    else
+        tp_run(c->pool, attn_worker, &job);
+    matmul(c, &c->model->layers[il].wo, c->att, n, c->ffn_out);
     for (int64_t i = 0; i < (int64_t)n * n_embd; i++)
         c->x[i] += c->ffn_out[i] * hp->residual_scale;
+}
+
+void forward_kv_only(moe_ctx *c, int32_t il, int32_t n)
+{
+    attention_qkv(c, il, n, false);
 }
 
 /* ---- feed-forward ------------------------------------------------------ */
@@ -481,6 +544,8 @@ moe_status forward_batch(moe_ctx *c, const int32_t *tokens, int32_t n, bool all)
     const int32_t first_out = all ? 0 : n - 1;
     const double t0 = c->trace ? util_now() : 0.0;
 
+    if (exit_active(c)) /* early exit or logit lens: exit.c drives the layers */
+        return exit_forward_batch(c, tokens, n, all);
     if (c->trace) {
         moe_status st = trace_begin(c->trace, tokens, n, c->pos);
         if (st != MOE_OK)

@@ -591,13 +591,17 @@ static moe_status parse(gguf_ctx *ctx)
         gguf_tensor_info *ti = &ctx->tensors[i];
         char nb[SHOW_CAP];
         size_t start, end;
-        if (!util_add_size(ctx->data_off, ti->offset, &start) ||
-            !util_add_size(start, ti->nbytes, &end) || end > ctx->size)
+        if (ti->offset > SIZE_MAX || !util_add_size(ctx->data_off, ti->offset, &start) ||
+            !util_add_size(start, ti->nbytes, &end))
             return moe_fail(MOE_ERR_FORMAT,
-                            "tensor '%s' data [%llu, +%zu) outside file of %zu bytes",
-                            show(ti->name, strlen(ti->name), nb, sizeof nb),
-                            (unsigned long long)ctx->data_off + ti->offset,
-                            ti->nbytes, ctx->size);
+                            "tensor '%s' data at %zu + %llu (%zu bytes) outside file of %zu bytes",
+                            show(ti->name, strlen(ti->name), nb, sizeof nb), ctx->data_off,
+                            (unsigned long long)ti->offset, ti->nbytes, ctx->size);
+        if (end > ctx->size)
+            return moe_fail(MOE_ERR_FORMAT,
+                            "tensor '%s' data [%zu, %zu) outside file of %zu bytes",
+                            show(ti->name, strlen(ti->name), nb, sizeof nb), start, end,
+                            ctx->size);
         ti->data = ctx->base + start;
     }
     return MOE_OK;
@@ -1422,7 +1426,6 @@ moe_status gguf_writer_write(gguf_writer *w, const char *path)
         }
         off = align_up(off, a);
     }
-    wb_put(&b, NULL, 0);
     if (b.oom) {
         free(b.p);
         return moe_fail(MOE_ERR_NOMEM, "gguf writer: out of memory building header");

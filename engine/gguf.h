@@ -2,9 +2,13 @@
  * gguf.h - GGUF v2/v3 reader (read-only mmap) and v3 writer.
  *
  * Owns file parsing and validation; knows nothing about models. Every count,
- * length, offset, type and shape in the file is checked before use. Strings
- * and tensor data returned by the reader point into the mapping and live as
- * long as the gguf_ctx.
+ * length, offset, type and shape in the file is checked before use, and the
+ * metadata the reader allocates is capped (64 MiB), so a hostile file fails
+ * with a one-line message instead of crashing or exhausting memory. Keys,
+ * tensor names and scalar string values are NUL-terminated copies; string
+ * array elements, array data and tensor data point into the mapping (or the
+ * caller's buffer). All of them live as long as the gguf_ctx. A ctx is
+ * read-only after opening, so threads may share it.
  */
 #ifndef MOE_GGUF_H
 #define MOE_GGUF_H
@@ -53,8 +57,15 @@ typedef struct {
 
 typedef struct gguf_ctx gguf_ctx;
 
-/* Open and validate a file. On failure returns a status and sets
- * moe_last_error() to one line naming the problem. */
+/* Open and validate a file. On failure returns a status (MOE_ERR_IO,
+ * MOE_ERR_FORMAT, MOE_ERR_UNSUPPORTED for version 1, big-endian files or
+ * unknown tensor types, MOE_ERR_NOMEM past the metadata cap), sets *out to
+ * NULL and moe_last_error() to one line naming the problem. Accepted: GGUF
+ * v2/v3 little-endian; keys and tensor names unique, non-empty, without NUL
+ * bytes; bools 0 or 1; arrays nested at most 8 deep; general.alignment, when
+ * present, a uint32 power of two; tensors with 1..4 dims each >= 1, a type
+ * quant_type_supported() accepts, ne[0] a multiple of its block size, an
+ * aligned offset and all bytes inside the file. */
 moe_status gguf_open(const char *path, gguf_ctx **out);
 /* Parse a buffer in memory (the buffer must outlive the ctx). For the fuzz
  * target and tests. */
@@ -64,7 +75,8 @@ void gguf_close(gguf_ctx *ctx);
 uint32_t gguf_version(const gguf_ctx *ctx);
 size_t gguf_alignment(const gguf_ctx *ctx);
 size_t gguf_file_size(const gguf_ctx *ctx);
-/* File offset where the tensor data section starts (aligned end of header). */
+/* File offset where the tensor data section starts (aligned end of the
+ * header; may exceed the file size when there are no tensors). */
 size_t gguf_data_offset(const gguf_ctx *ctx);
 
 /* Key/value metadata */
@@ -72,7 +84,7 @@ int64_t gguf_n_kv(const gguf_ctx *ctx);
 int64_t gguf_find_key(const gguf_ctx *ctx, const char *key); /* -1 if absent */
 const char *gguf_kv_key(const gguf_ctx *ctx, int64_t i);
 gguf_type gguf_kv_type(const gguf_ctx *ctx, int64_t i);
-/* Scalars (the kv must have exactly that type) */
+/* Scalars (the kv must have exactly that type, else 0/false/NULL) */
 uint8_t gguf_kv_u8(const gguf_ctx *ctx, int64_t i);
 int8_t gguf_kv_i8(const gguf_ctx *ctx, int64_t i);
 uint16_t gguf_kv_u16(const gguf_ctx *ctx, int64_t i);

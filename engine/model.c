@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "model.h"
+#include "router.h"
+#include "exit.h"
 #include "trace.h"
 #include "util.h"
 
@@ -190,6 +192,11 @@ static moe_status load_hparams(moe_model *m)
         snprintf(key, sizeof key, "%s.expert_weights_norm", m->arch_name);
         if (gguf_get_bool(m->gguf, key, &b))
             hp->norm_topk = b;
+    }
+    {
+        /* our own namespace: models converted by `moe-studio emoe` */
+        const char *g = gguf_get_str(m->gguf, "moestudio.gating");
+        hp->unweighted = g && strcmp(g, "emoe-unweighted") == 0;
     }
     hp->qk_norm_full = hp->arch == ARCH_OLMOE;
     hp->qk_norm_head = hp->arch == ARCH_QWEN3 || hp->arch == ARCH_QWEN3MOE;
@@ -600,8 +607,13 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     c->n_batch = p.n_batch;
     nb = (size_t)p.n_batch;
     n_hidden = (size_t)hp->n_ff;
+    if (p.max_top_k < 0 || (hp->n_expert > 0 && p.max_top_k > hp->n_expert)) {
+        free(c);
+        return moe_fail(MOE_ERR_INVALID_ARG, "max_top_k %d out of range [0, %d]", p.max_top_k,
+                        hp->n_expert);
+    }
     if (hp->n_expert > 0)
-        c->n_sel = hp->n_expert_used + 1;
+        c->n_sel = (p.max_top_k > hp->n_expert_used ? p.max_top_k : hp->n_expert_used) + 1;
     if ((size_t)c->n_sel * (size_t)hp->n_ff_exp > n_hidden)
         n_hidden = (size_t)c->n_sel * (size_t)hp->n_ff_exp;
     if ((size_t)hp->n_ff_shexp > n_hidden)
@@ -614,6 +626,7 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     c->pool = tp_create(n_threads);
     if (!c->pool)
         ok = false;
+    c->tok_hist = xcalloc((size_t)p.n_ctx, sizeof(int32_t), &ok);
     c->k_cache = xcalloc(kv_elems, sizeof(float), &ok);
     c->v_cache = xcalloc(kv_elems, sizeof(float), &ok);
     c->x = xcalloc(nb * (size_t)hp->n_embd, sizeof(float), &ok);
@@ -660,6 +673,7 @@ void moe_ctx_free(moe_ctx *c)
     if (!c)
         return;
     tp_free(c->pool);
+    free(c->tok_hist);
     free(c->k_cache);
     free(c->v_cache);
     free(c->x);
@@ -678,6 +692,8 @@ void moe_ctx_free(moe_ctx *c)
     free(c->sel_w);
     free(c->n_sel_tok);
     trace_free(c->trace);
+    exit_state_free(c->exit);
+    router_lab_free(c->route);
     free(c->shexp_gate);
     free(c->slot_of);
     free(c->exp_start);
@@ -708,6 +724,7 @@ moe_status moe_ctx_decode(moe_ctx *c, const int32_t *tokens, int32_t n, bool all
         c->logits = nl;
         c->n_logits_cap = n;
     }
+    memcpy(c->tok_hist + c->pos, tokens, (size_t)n * sizeof(int32_t));
     c->logits_all = all_logits;
     c->n_logits = all_logits ? n : 1;
     for (int32_t done = 0; done < n;) {

@@ -70,6 +70,7 @@ typedef struct {
     rope_kind rope;
     gate_kind gate;
     bool norm_topk;        /* renormalise the selected weights to sum 1 */
+    bool unweighted;       /* EMoE: sum the selected experts with weight 1 */
     float expert_weights_scale; /* 1 unless the file says otherwise */
     float embd_scale;      /* granite: multiplies embeddings */
     float residual_scale;  /* granite: multiplies each block's output */
@@ -130,6 +131,7 @@ struct moe_ctx {
     int32_t n_ctx;
     int32_t n_batch;
     int32_t pos;          /* tokens in the KV cache */
+    int32_t *tok_hist;    /* [n_ctx] the token at each cached position */
     float *k_cache;       /* [n_layer][n_ctx][n_embd_kv] */
     float *v_cache;       /* [n_layer][n_ctx][n_embd_kv] */
     /* scratch for a batch of up to n_batch tokens */
@@ -144,9 +146,10 @@ struct moe_ctx {
     float *hb;            /* [n_batch][max(n_ff, n_sel*n_ff_exp, n_ff_shexp)] */
     float *hb2;           /* same */
     struct trace_store *trace; /* NULL when tracing is off */
+    struct route_lab *route;   /* router lab state (router.c); NULL = none */
     float *router_logits; /* [n_batch][n_expert] */
     float *router_probs;  /* [n_batch][n_expert] */
-    int32_t n_sel;        /* selection slots per token: n_expert_used + 1 */
+    int32_t n_sel;        /* selection slots per token: max(n_expert_used, max_top_k) + 1 */
     int32_t *sel;         /* [n_batch][n_sel] chosen experts, -1 = empty */
     float *sel_w;         /* [n_batch][n_sel] their weights */
     int32_t *n_sel_tok;   /* [n_batch] entries used in each row */
@@ -162,6 +165,7 @@ struct moe_ctx {
     int32_t *slot_of;     /* [n_batch*n_sel] slot of (token, choice) */
     int32_t *exp_start;   /* [n_expert] first slot of each expert */
     int32_t *exp_count;   /* [n_expert] slots of each expert */
+    struct exit_state *exit; /* early exit / lens / speculation (exit.c), lazy */
 };
 
 /* forward.c: run n tokens (n <= n_batch) at ctx->pos; writes logits for all
@@ -172,6 +176,9 @@ moe_status forward_batch(moe_ctx *ctx, const int32_t *tokens, int32_t n, bool al
  * positions ctx->pos .. ctx->pos + n - 1 and do not advance ctx->pos. */
 void forward_embed(moe_ctx *ctx, const int32_t *tokens, int32_t n);
 void forward_layer(moe_ctx *ctx, int32_t il, int32_t n);
+/* Only the keys and values of layer il for the n rows of ctx->x (a token
+ * that exited before il copies its hidden state upward this way). */
+void forward_kv_only(moe_ctx *ctx, int32_t il, int32_t n);
 /* Final norm + LM head of n_out rows of x ([n_out][n_embd]) into logits
  * ([n_out][n_vocab]). Uses ctx->xn as scratch: x must not alias it. */
 void forward_head(moe_ctx *ctx, const float *x, int32_t n_out, float *logits);

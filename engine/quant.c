@@ -751,10 +751,49 @@ static void quantize_ref(moe_type t, const float *src, void *dst, int64_t n)
     }
 }
 
-/* ---- scalar dot products ----------------------------------------------------- */
+/* ---- scalar dot products -----------------------------------------------------
+ * Float accumulation follows the reference runtime's x86 kernels (AVX2 /
+ * AVX512 builds), so results are bit-identical where its order is known:
+ * quantized activations downstream turn 1-ulp differences into flipped
+ * roundings. Fast kernels in quant_x86.c should reproduce the same order.
+ *   q8_0:  8 lanes; lane l of block i is the integer sum of elements
+ *          4l..4l+3; acc[l] = fma(d_w*d_a, (float)lane, acc[l]); hsum8.
+ *   q4_0:  (reference repacks q4_0 weights on x86) per block the whole
+ *          integer sum; acc = fma((float)isum, d_w*d_a, acc), in order.
+ *   q6_k:  8 lanes over a super-block; lane l sums scale*q*a of elements e
+ *          with (e % 32) / 4 == l; acc[l] = fma(d_a*d_w, (float)lane,
+ *          acc[l]); hsum8.
+ *   q5_k:  q6_k's lanes for the scale part; the min part as a float
+ *          summs = fma(-d_a*dmin_w, (float)sum(m*bsums), summs); hsum8 + summs.
+ *   q4_k:  (repacked on x86) per super-block whole integer sums;
+ *          acc = fma((float)isum, d_w*d_a, acc), accm = fma((float)imin,
+ *          dmin_w*d_a, accm); result acc - accm.
+ *   f32:   16 lanes, one accumulator, fma, tree sum (n % 16 == 0).
+ *   hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
+
+static float hsum8(const float v[8])
+{
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+static float hsum16(const float v[16])
+{
+    float h[8];
+    for (int l = 0; l < 8; l++)
+        h[l] = v[l] + v[l + 8];
+    return hsum8(h);
+}
 
 static float dot_f32(int64_t n, const float *w, const float *a)
 {
+    if (n % 16 == 0) {
+        float acc[16] = {0};
+        for (int64_t i = 0; i < n; i += 16)
+            for (int l = 0; l < 16; l++)
+                acc[l] = fmaf(w[i + l], a[i + l], acc[l]);
+        return hsum16(acc);
+    }
     double s = 0.0;
     for (int64_t i = 0; i < n; i++)
         s += (double)w[i] * a[i];
@@ -785,7 +824,7 @@ static float dot_q4_0(int64_t nb, const blk_q4_0 *w, const blk_q8_0 *a)
         for (int j = 0; j < 16; j++)
             isum += ((w[i].qs[j] & 0xF) - 8) * a[i].qs[j] +
                     ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + 16];
-        s += F16(w[i].d) * F16(a[i].d) * (float)isum;
+        s = fmaf((float)isum, F16(w[i].d) * F16(a[i].d), s);
     }
     return s;
 }
@@ -832,14 +871,17 @@ static float dot_q5_1(int64_t nb, const blk_q5_1 *w, const blk_q8_1 *a)
 
 static float dot_q8_0(int64_t nb, const blk_q8_0 *w, const blk_q8_0 *a)
 {
-    float s = 0.0f;
+    float acc[8] = {0};
     for (int64_t i = 0; i < nb; i++) {
-        int isum = 0;
-        for (int j = 0; j < 32; j++)
-            isum += w[i].qs[j] * a[i].qs[j];
-        s += F16(w[i].d) * F16(a[i].d) * (float)isum;
+        const float d = F16(w[i].d) * F16(a[i].d);
+        for (int l = 0; l < 8; l++) {
+            int lane = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++)
+                lane += w[i].qs[j] * a[i].qs[j];
+            acc[l] = fmaf(d, (float)lane, acc[l]);
+        }
     }
-    return s;
+    return hsum8(acc);
 }
 
 static float dot_q8_1(int64_t nb, const blk_q8_1 *w, const blk_q8_1 *a)
@@ -902,7 +944,7 @@ static float dot_q3_k(int64_t nb, const blk_q3_k *w, const blk_q8_k *a)
 
 static float dot_q4_k(int64_t nb, const blk_q4_k *w, const blk_q8_k *a)
 {
-    float s = 0.0f;
+    float acc = 0.0f, accm = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         int isum = 0, summs = 0;
         for (int j = 0; j < 4; j++) {
@@ -918,48 +960,51 @@ static float dot_q4_k(int64_t nb, const blk_q4_k *w, const blk_q8_k *a)
             summs += m1 * (a[i].bsums[4 * j] + a[i].bsums[4 * j + 1]) +
                      m2 * (a[i].bsums[4 * j + 2] + a[i].bsums[4 * j + 3]);
         }
-        s += a[i].d * (F16(w[i].d) * (float)isum - F16(w[i].dmin) * (float)summs);
+        acc = fmaf((float)isum, F16(w[i].d) * a[i].d, acc);
+        accm = fmaf((float)summs, F16(w[i].dmin) * a[i].d, accm);
     }
-    return s;
+    return acc - accm;
 }
 
 static float dot_q5_k(int64_t nb, const blk_q5_k *w, const blk_q8_k *a)
 {
-    float s = 0.0f;
+    float acc[8] = {0}, summs_f = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
-        int isum = 0, summs = 0;
+        int lane[8] = {0}, summs = 0;
         for (int j = 0; j < 4; j++) {
             uint8_t s1, m1, s2, m2;
-            int g1 = 0, g2 = 0;
             quant_k4_scale_min(w[i].scales, 2 * j, &s1, &m1);
             quant_k4_scale_min(w[i].scales, 2 * j + 1, &s2, &m2);
             for (int l = 0; l < 32; l++) {
                 int q1 = (w[i].qs[32 * j + l] & 0xF) | (((w[i].qh[l] >> (2 * j)) & 1) << 4);
                 int q2 = (w[i].qs[32 * j + l] >> 4) | (((w[i].qh[l] >> (2 * j + 1)) & 1) << 4);
-                g1 += q1 * a[i].qs[64 * j + l];
-                g2 += q2 * a[i].qs[64 * j + 32 + l];
+                lane[l / 4] += s1 * q1 * a[i].qs[64 * j + l] + s2 * q2 * a[i].qs[64 * j + 32 + l];
             }
-            isum += s1 * g1 + s2 * g2;
             summs += m1 * (a[i].bsums[4 * j] + a[i].bsums[4 * j + 1]) +
                      m2 * (a[i].bsums[4 * j + 2] + a[i].bsums[4 * j + 3]);
         }
-        s += a[i].d * (F16(w[i].d) * (float)isum - F16(w[i].dmin) * (float)summs);
+        const float d = a[i].d * F16(w[i].d), dmin = -a[i].d * F16(w[i].dmin);
+        summs_f = fmaf(dmin, (float)summs, summs_f);
+        for (int l = 0; l < 8; l++)
+            acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    return s;
+    return hsum8(acc) + summs_f;
 }
 
 static float dot_q6_k(int64_t nb, const blk_q6_k *w, const blk_q8_k *a)
 {
-    float s = 0.0f;
-    int q[QK_K], sc[16];
+    float acc[8] = {0};
+    int q[QK_K];
     for (int64_t i = 0; i < nb; i++) {
+        int lane[8] = {0};
         q6_values(&w[i], q);
-        for (int g = 0; g < 16; g++)
-            sc[g] = w[i].scales[g];
-        int isum = group16_dot(q, a[i].qs, sc);
-        s += a[i].d * F16(w[i].d) * (float)isum;
+        for (int e = 0; e < QK_K; e++)
+            lane[(e % 32) / 4] += w[i].scales[e / 16] * q[e] * a[i].qs[e];
+        const float d = a[i].d * F16(w[i].d);
+        for (int l = 0; l < 8; l++)
+            acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    return s;
+    return hsum8(acc);
 }
 
 static float dot_q8_k(int64_t nb, const blk_q8_k *w, const blk_q8_k *a)
@@ -1084,6 +1129,7 @@ void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
     const quant_kernels *k = kern();
     quant_dot_fn dot = k && k->dot[t] ? k->dot[t] : NULL;
     quant_dot4_fn dot4 = k ? k->dot4[t] : NULL;
+    quant_dotr4_fn dotr4 = k ? k->dotr4[t] : NULL;
     const uint8_t *wb = w, *ab = act;
     int64_t chunk = n_act;
     if (act_row_bytes > 0 && (size_t)n_act * act_row_bytes > GEMM_ACT_BYTES) {
@@ -1092,7 +1138,17 @@ void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
     }
     for (int64_t j0 = 0; j0 < n_act; j0 += chunk) {
         int64_t j1 = j0 + chunk < n_act ? j0 + chunk : n_act;
-        for (int64_t r = r0; r < r1; r++) {
+        int64_t r = r0;
+        if (dotr4 && j1 - j0 < 4) /* few activation rows (decode): 4 weight rows a pass */
+            for (; r + 4 <= r1; r += 4)
+                for (int64_t j = j0; j < j1; j++) {
+                    float o[4];
+                    dotr4(n, wb + (size_t)r * w_row_bytes, w_row_bytes,
+                          ab + (size_t)j * act_row_bytes, o);
+                    for (int q = 0; q < 4; q++)
+                        out[j * n_rows_out + r + q] = o[q];
+                }
+        for (; r < r1; r++) {
             const void *wr = wb + (size_t)r * w_row_bytes;
             int64_t j = j0;
             if (dot4)

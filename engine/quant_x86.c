@@ -1,15 +1,20 @@
 /*
  * quant_x86.c - fast x86 kernels for quant.c: dot products (one activation
- * row, and four rows per pass over a weight row for quant_gemm) and the
- * quantizers of the activation types. Chosen at run time; no special
- * compiler flags: every function carries its own target attribute.
+ * row; four activation rows per pass over a weight row for prompt batches;
+ * four weight rows per call for decode) and the quantizers of the
+ * activation types. Chosen at run time; no special compiler flags: every
+ * function carries its own target attribute.
  *
  * Two kernel sets are compiled from the same source by including this file
  * into itself twice: "avx2" (AVX2 + FMA + F16C; int8 products through
- * vpmaddubsw/vpmaddwd) and "avx512-vnni" (adds AVX512VL + VNNI: vpdpbusd /
- * vpdpwssd on 256-bit vectors). Results equal the scalar reference up to
- * the order of float additions (integer parts are exact); quantizers are
- * bit-identical to the scalar ones.
+ * vpmaddubsw/vpmaddwd) and "avx512-vnni" (adds AVX512F/BW/DQ/VL + VNNI:
+ * vpdpbusd / vpdpwssd, with 512-bit kernels for q8_0, q4_0, q4_k, q5_k and
+ * q6_k). Results equal the scalar reference up to the order of float
+ * additions (integer parts are exact); quantizers are bit-identical to the
+ * scalar ones. Within one kernel set, a dot gives the same bits whichever
+ * entry computes it (dot, dot4, dotr4): every driver sums blocks in the
+ * same order into the same two accumulators, so batched and single-token
+ * decoding agree exactly.
  *
  * Owns: SIMD code only. Depends on quant_impl.h; never prints or aborts.
  */
@@ -151,12 +156,11 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(scale2)(int a, int b)
             acc[k] = accb[k] = _mm256_setzero_ps();                                       \
         }                                                                                 \
         int64_t nb = n / (BLK), i = 0;                                                    \
-        if (na == 1)                                                                      \
-            for (; i + 2 <= nb; i += 2) {                                                 \
-                QX(NAME##_step)(w, a, i, 1, acc);                                         \
-                QX(NAME##_step)(w, a, i + 1, 1, accb);                                    \
-            }                                                                             \
-        for (; i < nb; i++)                                                               \
+        for (; i + 2 <= nb; i += 2) {                                                     \
+            QX(NAME##_step)(w, a, i, na, acc);                                            \
+            QX(NAME##_step)(w, a, i + 1, na, accb);                                       \
+        }                                                                                 \
+        if (i < nb)                                                                       \
             QX(NAME##_step)(w, a, i, na, acc);                                            \
         for (int k = 0; k < na; k++)                                                      \
             out[k] = QX(hsum)(_mm256_add_ps(acc[k], accb[k]));                            \
@@ -350,13 +354,14 @@ static inline QX_ALWAYS QX_TARGET __m512i QX(zq4_0)(const blk_q4_0 *w, int64_t i
             acc[k] = accb[k] = _mm512_setzero_ps();                                       \
         }                                                                                 \
         int64_t nb = n / QK32, i = 0;                                                     \
-        if (na == 1)                                                                      \
-            for (; i + 4 <= nb; i += 4) {                                                 \
-                QX(zstep)(QX(z##NAME)(w, i), w[i].d, w[i + 1].d, a, i, 1, acc);           \
-                QX(zstep)(QX(z##NAME)(w, i + 2), w[i + 2].d, w[i + 3].d, a, i + 2, 1, accb); \
-            }                                                                             \
-        for (; i + 2 <= nb; i += 2)                                                       \
+        for (; i + 4 <= nb; i += 4) {                                                     \
             QX(zstep)(QX(z##NAME)(w, i), w[i].d, w[i + 1].d, a, i, na, acc);              \
+            QX(zstep)(QX(z##NAME)(w, i + 2), w[i + 2].d, w[i + 3].d, a, i + 2, na, accb); \
+        }                                                                                 \
+        if (i + 2 <= nb) {                                                                \
+            QX(zstep)(QX(z##NAME)(w, i), w[i].d, w[i + 1].d, a, i, na, acc);              \
+            i += 2;                                                                       \
+        }                                                                                 \
         for (int k = 0; k < na; k++) {                                                    \
             __m512 t = _mm512_add_ps(acc[k], accb[k]);                                    \
             out[k] = QX(hsum)(_mm256_add_ps(_mm512_castps512_ps256(t),                    \
@@ -387,6 +392,23 @@ static inline QX_ALWAYS QX_TARGET __m512i QX(zq4_0)(const blk_q4_0 *w, int64_t i
 QX_ZDRIVER(q8_0, blk_q8_0)
 QX_ZDRIVER(q4_0, blk_q4_0)
 #undef QX_ZDRIVER
+
+/* four consecutive weight rows against one activation row (decode): saves
+ * the indirect calls; each row goes through exactly the code of the single
+ * dot so results are bit-identical. (The rows are read one after the
+ * other: interleaving four row streams was measured 2.5x slower from DRAM.) */
+#define QX_ZDRIVER_R4(NAME, WT)                                                           \
+    static QX_TARGET void QX(NAME##_zdotr4)(int64_t n, const void *wv, size_t wstride,    \
+                                            const void *av, float out[4])                 \
+    {                                                                                     \
+        const void *a[1] = {av};                                                          \
+        for (int r = 0; r < 4; r++)                                                       \
+            QX(NAME##_zrows)(n, (const uint8_t *)wv + (size_t)r * wstride, a, 1, &out[r]); \
+    }
+
+QX_ZDRIVER_R4(q8_0, blk_q8_0)
+QX_ZDRIVER_R4(q4_0, blk_q4_0)
+#undef QX_ZDRIVER_R4
 #endif
 
 
@@ -411,6 +433,24 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(bsums)(const blk_q8_k *a)
     return QX(load256)(a->bsums);
 }
 
+/* The 8 scales (bytes 0..7) and 8 mins (8..15) of a q4_k/q5_k block, as
+ * quant_k4_scale_min, in SIMD. Reads 16 bytes at s: the 12 scale bytes and
+ * the first 4 bytes after them (inside the same block). With u0..u2 the
+ * three 32-bit words: [u0 & 3f.., (u2 & 0f..) | (u0 >> 6 & 03..) << 4,
+ * u1 & 3f.., (u2 >> 4 & 0f..) | (u1 >> 6 & 03..) << 4]. */
+static inline QX_ALWAYS QX_TARGET __m128i QX(k4_unpack)(const uint8_t *s)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)s);
+    __m128i a = _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    __m128i b = _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    __m128i lo = _mm_and_si128(a, _mm_set1_epi32(0x3F3F3F3F));
+    __m128i hi = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                               _mm_set1_epi32(0x0F0F0F0F));
+    hi = _mm_or_si128(hi, _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(b, 6),
+                                                       _mm_set1_epi32(0x03030303)), 4));
+    return _mm_blend_epi32(lo, hi, 0xA);
+}
+
 /* q4_k / q5_k share everything but the 5th bit */
 static inline QX_ALWAYS QX_TARGET void QX(k45_step)(const uint8_t *scales, uint16_t dh,
                                                     uint16_t dminh, const uint8_t *qs,
@@ -419,17 +459,11 @@ static inline QX_ALWAYS QX_TARGET void QX(k45_step)(const uint8_t *scales, uint1
 {
     /* unpack the 8 scales and 8 mins (6 bits each) with 32-bit masks:
      * u bytes 0..7 = scales, 8..15 = mins (as quant_k4_scale_min) */
-    uint32_t u[4], u0, u1, u2;
-    memcpy(u, scales, 12);
-    u0 = u[0], u1 = u[1], u2 = u[2];
-    u[0] = u0 & 0x3F3F3F3Fu;
-    u[1] = (u2 & 0x0F0F0F0Fu) | ((u0 >> 6) & 0x03030303u) << 4;
-    u[2] = u1 & 0x3F3F3F3Fu;
-    u[3] = ((u2 >> 4) & 0x0F0F0F0Fu) | ((u1 >> 6) & 0x03030303u) << 4;
+    __m128i sm = QX(k4_unpack)(scales);
     uint8_t sc[16];
-    memcpy(sc, u, 16);
+    _mm_storeu_si128((__m128i *)sc, sm);
     /* mins per 16-element bsum group: group g of 32 covers bsums 2g, 2g+1 */
-    __m128i m8 = _mm_loadl_epi64((const __m128i *)(sc + 8));
+    __m128i m8 = _mm_srli_si128(sm, 8);
     __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
     __m256i isum[4], msum[4];
     for (int k = 0; k < na; k++) {
@@ -586,6 +620,158 @@ QX_DRIVER(q4_k, blk_q4_k, blk_q8_k, QK_K)
 QX_DRIVER(q5_k, blk_q5_k, blk_q8_k, QK_K)
 QX_DRIVER(q6_k, blk_q6_k, blk_q8_k, QK_K)
 QX_DRIVER(q8_k, blk_q8_k, blk_q8_k, QK_K)
+
+#if QX_PASS == 2
+/* 512-bit k-quant kernels: 64 weights per zmm (two groups of 32 for
+ * q4_k/q5_k, four groups of 16 for q6_k); group scales applied to the int16
+ * pair sums of vpmaddubsw with vpdpwssd, the scale vector picked from the
+ * block's scales with one vpermw. */
+
+static inline QX_ALWAYS QX_TARGET __m512i QX(zjoin)(__m256i lo, __m256i hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* acc[k] += d8*d*isum[k] - d8*dmin*msum[k] (msum: 8 int32 lanes) */
+static inline QX_ALWAYS QX_TARGET void QX(kzfinish)(const blk_q8_k **a, int64_t i, int na,
+                                                    float d, float dmin, const __m512i *isum,
+                                                    const __m256i *msum, __m512 *acc)
+{
+    for (int k = 0; k < na; k++) {
+        float d8 = a[k][i].d;
+        __m512 v = _mm512_cvtepi32_ps(isum[k]);
+        if (msum) {
+            __m256 m = _mm256_mul_ps(_mm256_set1_ps(-d8 * dmin), _mm256_cvtepi32_ps(msum[k]));
+            acc[k] = _mm512_add_ps(acc[k], _mm512_zextps256_ps512(m));
+        }
+        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(d8 * d), v, acc[k]);
+    }
+}
+
+static inline QX_ALWAYS QX_TARGET void QX(k45_zstep)(const uint8_t *scales, uint16_t dh,
+                                                     uint16_t dminh, const uint8_t *qs,
+                                                     const uint8_t *qh, const blk_q8_k **a,
+                                                     int64_t i, int na, __m512 *acc)
+{
+    __m128i sm = QX(k4_unpack)(scales); /* 8 scales, 8 mins */
+    __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm));
+    __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_srli_si128(sm, 8), _mm_srli_si128(sm, 8)));
+    __m512i isum[4];
+    __m256i msum[4];
+    for (int k = 0; k < na; k++) {
+        isum[k] = _mm512_setzero_si512();
+        msum[k] = _mm256_madd_epi16(QX(bsums)(&a[k][i]), m16);
+    }
+    const __m512i m4 = _mm512_set1_epi8(0xF), b4 = _mm512_set1_epi8(0x10);
+    __m512i hb = _mm512_setzero_si512();
+    if (qh) {
+        __m256i h = QX(load256)(qh);
+        hb = QX(zjoin)(h, _mm256_srli_epi16(h, 1));
+    }
+    for (int j = 0; j < 4; j++) {
+        __m256i raw = QX(load256)(qs + 32 * j);
+        __m512i q = _mm512_and_si512(QX(zjoin)(raw, _mm256_srli_epi16(raw, 4)), m4);
+        if (qh) {
+            q = _mm512_or_si512(q, _mm512_and_si512(_mm512_slli_epi16(hb, 4), b4));
+            hb = _mm512_srli_epi16(hb, 2);
+        }
+        __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)),
+                                         _mm256_set1_epi16((short)(2 * j + 1)), 1);
+        __m512i s = _mm512_permutexvar_epi16(idx, sc16);
+        for (int k = 0; k < na; k++) {
+            __m512i a8 = _mm512_loadu_si512((const void *)(a[k][i].qs + 64 * j));
+            isum[k] = _mm512_dpwssd_epi32(isum[k], _mm512_maddubs_epi16(q, a8), s);
+        }
+    }
+    QX(kzfinish)(a, i, na, QX(h2f)(dh), QX(h2f)(dminh), isum, msum, acc);
+}
+
+static inline QX_ALWAYS QX_TARGET void QX(q4_k_zstep)(const blk_q4_k *w, const blk_q8_k **a,
+                                                      int64_t i, int na, __m512 *acc)
+{
+    QX(k45_zstep)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, NULL, a, i, na, acc);
+}
+
+static inline QX_ALWAYS QX_TARGET void QX(q5_k_zstep)(const blk_q5_k *w, const blk_q8_k **a,
+                                                      int64_t i, int na, __m512 *acc)
+{
+    QX(k45_zstep)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, w[i].qh, a, i, na, acc);
+}
+
+static inline QX_ALWAYS QX_TARGET void QX(q6_k_zstep)(const blk_q6_k *w, const blk_q8_k **a,
+                                                      int64_t i, int na, __m512 *acc)
+{
+    const blk_q6_k *b = &w[i];
+    __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    __m512i sc16 = _mm512_castsi256_si512(sc16y);
+    __m512i isum[4];
+    for (int k = 0; k < na; k++) /* -32 * sum_g sc[g] * bsums[g] */
+        isum[k] = _mm512_zextsi256_si512(_mm256_slli_epi32(
+            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(QX(bsums)(&a[k][i]), sc16y)),
+            5));
+    const __m512i m4 = _mm512_set1_epi8(0xF), m30 = _mm512_set1_epi8(0x30);
+    for (int h = 0; h < 2; h++) {
+        __m512i l = QX(zjoin)(QX(load256)(b->ql + 64 * h), QX(load256)(b->ql + 64 * h + 32));
+        __m256i qh = QX(load256)(b->qh + 32 * h);
+        __m512i hh = QX(zjoin)(qh, _mm256_srli_epi16(qh, 2));
+        __m512i q[2];
+        q[0] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(hh, 4), m30));
+        q[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(hh, m30));
+        for (int t = 0; t < 2; t++) {
+            int g = 8 * h + 4 * t; /* groups g..g+3, 8 int16 lanes each */
+            __m512i idx = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16((short)(g + 1)),
+                                                        _mm_set1_epi16((short)g))),
+                _mm256_set_m128i(_mm_set1_epi16((short)(g + 3)), _mm_set1_epi16((short)(g + 2))), 1);
+            __m512i s = _mm512_permutexvar_epi16(idx, sc16);
+            for (int k = 0; k < na; k++) {
+                __m512i a8 = _mm512_loadu_si512((const void *)(a[k][i].qs + 128 * h + 64 * t));
+                isum[k] = _mm512_dpwssd_epi32(isum[k], _mm512_maddubs_epi16(q[t], a8), s);
+            }
+        }
+    }
+    QX(kzfinish)(a, i, na, QX(h2f)(b->d), 0.0f, isum, NULL, acc);
+}
+
+#define QX_KZDRIVER(NAME, WT)                                                             \
+    static inline QX_ALWAYS QX_TARGET void QX(NAME##_kzrows)(                            \
+        int64_t n, const void *wv, const void *const *av, int na, float *out)             \
+    {                                                                                     \
+        const WT *w = wv;                                                                 \
+        const blk_q8_k *a[4] = {0};                                                       \
+        __m512 acc[4], accb[4];                                                           \
+        for (int k = 0; k < na; k++) {                                                    \
+            a[k] = av[k];                                                                 \
+            acc[k] = accb[k] = _mm512_setzero_ps();                                       \
+        }                                                                                 \
+        int64_t nb = n / QK_K, i = 0;                                                     \
+        for (; i + 2 <= nb; i += 2) {                                                     \
+            QX(NAME##_zstep)(w, a, i, na, acc);                                           \
+            QX(NAME##_zstep)(w, a, i + 1, na, accb);                                      \
+        }                                                                                 \
+        if (i < nb)                                                                       \
+            QX(NAME##_zstep)(w, a, i, na, acc);                                           \
+        for (int k = 0; k < na; k++)                                                      \
+            out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], accb[k]));                \
+    }                                                                                     \
+    static QX_TARGET float QX(NAME##_kzdot)(int64_t n, const void *w, const void *a)      \
+    {                                                                                     \
+        const void *av[1] = {a};                                                          \
+        float o;                                                                          \
+        QX(NAME##_kzrows)(n, w, av, 1, &o);                                               \
+        return o;                                                                         \
+    }                                                                                     \
+    static QX_TARGET void QX(NAME##_kzdot4)(int64_t n, const void *w, const void *const a[4], \
+                                            float out[4])                                 \
+    {                                                                                     \
+        QX(NAME##_kzrows)(n, w, a, 4, out);                                               \
+    }
+
+QX_KZDRIVER(q4_k, blk_q4_k)
+QX_KZDRIVER(q5_k, blk_q5_k)
+QX_KZDRIVER(q6_k, blk_q6_k)
+#undef QX_KZDRIVER
+#endif
 
 /* ---- quantizers of the activation types ------------------------------------ */
 
@@ -760,6 +946,14 @@ static void QX(fill)(quant_kernels *ks)
     ks->dot4[MOE_TYPE_Q8_0] = QX(q8_0_zdot4);
     ks->dot[MOE_TYPE_Q4_0] = QX(q4_0_zdot);
     ks->dot4[MOE_TYPE_Q4_0] = QX(q4_0_zdot4);
+    ks->dotr4[MOE_TYPE_Q8_0] = QX(q8_0_zdotr4);
+    ks->dotr4[MOE_TYPE_Q4_0] = QX(q4_0_zdotr4);
+    ks->dot[MOE_TYPE_Q4_K] = QX(q4_k_kzdot);
+    ks->dot4[MOE_TYPE_Q4_K] = QX(q4_k_kzdot4);
+    ks->dot[MOE_TYPE_Q5_K] = QX(q5_k_kzdot);
+    ks->dot4[MOE_TYPE_Q5_K] = QX(q5_k_kzdot4);
+    ks->dot[MOE_TYPE_Q6_K] = QX(q6_k_kzdot);
+    ks->dot4[MOE_TYPE_Q6_K] = QX(q6_k_kzdot4);
 #endif
     ks->quantize[MOE_TYPE_Q8_0] = QX(quant_q8_0);
     ks->quantize[MOE_TYPE_Q8_1] = QX(quant_q8_1);

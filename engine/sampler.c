@@ -307,54 +307,166 @@ static inline bool cand_before(const moe_candidate *a, const moe_candidate *b)
     return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
 }
 
-static int cand_cmp(const void *pa, const void *pb)
+/* Locally typical order: |(-log p) - H| ascending, then the usual order. */
+static inline bool scored_before(const sampler_scored *a, const sampler_scored *b)
 {
-    const moe_candidate *a = pa, *b = pb;
-    if (cand_before(a, b))
-        return -1;
-    if (cand_before(b, a))
-        return 1;
-    return 0;
+    return a->score < b->score || (a->score == b->score && cand_before(&a->c, &b->c));
 }
 
-static inline void cand_swap(moe_candidate *a, moe_candidate *b)
-{
-    moe_candidate t = *a;
-    *a = *b;
-    *b = t;
-}
+#define CAND_PROB(x) ((x)->p)
+#define SCORED_PROB(x) ((x)->c.p)
 
-/* Rearrange c[0..n) so that c[0..k) hold the k best (in any order). */
-static void cand_select(moe_candidate *c, int32_t n, int32_t k)
-{
-    int32_t lo = 0, hi = n - 1;
-    if (k <= 0 || k >= n)
-        return;
-    while (hi > lo) {
-        int32_t mid = lo + (hi - lo) / 2, i, j;
-        moe_candidate pivot;
-        /* median of three into c[hi] as pivot */
-        if (cand_before(&c[mid], &c[lo]))
-            cand_swap(&c[mid], &c[lo]);
-        if (cand_before(&c[hi], &c[lo]))
-            cand_swap(&c[hi], &c[lo]);
-        if (cand_before(&c[mid], &c[hi]))
-            cand_swap(&c[mid], &c[hi]);
-        pivot = c[hi];
-        /* Lomuto partition: best-before-pivot to the left */
-        for (i = lo, j = lo; j < hi; j++)
-            if (cand_before(&c[j], &pivot))
-                cand_swap(&c[i++], &c[j]);
-        cand_swap(&c[i], &c[hi]);
-        /* c[lo..i) before pivot, c[i] pivot, c(i..hi] after */
-        if (i == k || i == k - 1)
-            return;
-        if (i > k)
-            hi = i - 1;
-        else
-            lo = i + 1;
+/*
+ * In-place ordering helpers for an array of T under the strict total order
+ * BEFORE (no two elements compare equal, ids are unique), best first. No
+ * allocation (glibc qsort may malloc), and selection instead of sorting
+ * where a stage only needs a best-first set:
+ *   P_sort(c, n)                 full sort (quicksort, heapsort fallback)
+ *   P_select(c, n, k)            c[0..k) become the k best, in any order
+ *   P_select_mass(c, n, target)  smallest m whose best-m mass >= target;
+ *                                c[0..m) become those m, in any order
+ */
+#define SAMPLER_ORDER_FUNCS(P, T, BEFORE, PROB)                                 \
+    static inline void P##_swap(T *a, T *b)                                     \
+    {                                                                           \
+        T t_ = *a;                                                              \
+        *a = *b;                                                                \
+        *b = t_;                                                                \
+    }                                                                           \
+    /* median-of-three pivot, Lomuto partition of c[lo..hi]; returns the     \
+     * pivot's final index i; *mass = sum of PROB over c[lo..i) */             \
+    static int32_t P##_partition(T *c, int32_t lo, int32_t hi, double *mass)    \
+    {                                                                           \
+        int32_t mid = lo + (hi - lo) / 2, i = lo;                               \
+        double m = 0.0;                                                         \
+        T pivot;                                                                \
+        if (BEFORE(&c[mid], &c[lo]))                                            \
+            P##_swap(&c[mid], &c[lo]);                                          \
+        if (BEFORE(&c[hi], &c[lo]))                                             \
+            P##_swap(&c[hi], &c[lo]);                                           \
+        if (BEFORE(&c[mid], &c[hi]))                                            \
+            P##_swap(&c[mid], &c[hi]);                                          \
+        pivot = c[hi];                                                          \
+        for (int32_t j = lo; j < hi; j++)                                       \
+            if (BEFORE(&c[j], &pivot)) {                                        \
+                m += PROB(&c[j]);                                               \
+                P##_swap(&c[i++], &c[j]);                                       \
+            }                                                                   \
+        P##_swap(&c[i], &c[hi]);                                                \
+        *mass = m;                                                              \
+        return i;                                                               \
+    }                                                                           \
+    static void P##_insertion(T *c, int32_t n)                                  \
+    {                                                                           \
+        for (int32_t i = 1; i < n; i++) {                                       \
+            T x = c[i];                                                         \
+            int32_t j = i;                                                      \
+            while (j > 0 && BEFORE(&x, &c[j - 1])) {                            \
+                c[j] = c[j - 1];                                                \
+                j--;                                                            \
+            }                                                                   \
+            c[j] = x;                                                           \
+        }                                                                       \
+    }                                                                           \
+    /* heap with the worst element at the root */                              \
+    static void P##_sift(T *c, int32_t n, int32_t i)                            \
+    {                                                                           \
+        for (;;) {                                                              \
+            int32_t w = i, l = 2 * i + 1, r = l + 1;                            \
+            if (l < n && BEFORE(&c[w], &c[l]))                                  \
+                w = l;                                                          \
+            if (r < n && BEFORE(&c[w], &c[r]))                                  \
+                w = r;                                                          \
+            if (w == i)                                                         \
+                return;                                                         \
+            P##_swap(&c[i], &c[w]);                                             \
+            i = w;                                                              \
+        }                                                                       \
+    }                                                                           \
+    static void P##_heapsort(T *c, int32_t n)                                   \
+    {                                                                           \
+        for (int32_t i = n / 2 - 1; i >= 0; i--)                                \
+            P##_sift(c, n, i);                                                  \
+        for (int32_t e = n - 1; e > 0; e--) {                                   \
+            P##_swap(&c[0], &c[e]);                                             \
+            P##_sift(c, e, 0);                                                  \
+        }                                                                       \
+    }                                                                           \
+    static void P##_sort_rec(T *c, int32_t n, int depth)                        \
+    {                                                                           \
+        double unused_;                                                         \
+        while (n > 16) {                                                        \
+            int32_t p;                                                          \
+            if (depth-- <= 0) {                                                 \
+                P##_heapsort(c, n);                                             \
+                return;                                                         \
+            }                                                                   \
+            p = P##_partition(c, 0, n - 1, &unused_);                           \
+            if (p < n - 1 - p) {                                                \
+                P##_sort_rec(c, p, depth);                                      \
+                c += p + 1;                                                     \
+                n -= p + 1;                                                     \
+            } else {                                                            \
+                P##_sort_rec(c + p + 1, n - p - 1, depth);                      \
+                n = p;                                                          \
+            }                                                                   \
+        }                                                                       \
+        P##_insertion(c, n);                                                    \
+    }                                                                           \
+    __attribute__((unused)) static void P##_sort(T *c, int32_t n)               \
+    {                                                                           \
+        int depth = 8;                                                          \
+        for (int32_t k = n; k > 1; k >>= 1)                                     \
+            depth += 2;                                                         \
+        P##_sort_rec(c, n, depth);                                              \
+    }                                                                           \
+    static void P##_select(T *c, int32_t n, int32_t k)                          \
+    {                                                                           \
+        int32_t lo = 0, hi = n - 1;                                             \
+        double unused_;                                                         \
+        if (k <= 0 || k >= n)                                                   \
+            return;                                                             \
+        while (hi - lo > 16) {                                                  \
+            int32_t i = P##_partition(c, lo, hi, &unused_);                     \
+            if (i == k || i == k - 1)                                           \
+                return;                                                         \
+            if (i > k)                                                          \
+                hi = i - 1;                                                     \
+            else                                                                \
+                lo = i + 1;                                                     \
+        }                                                                       \
+        P##_insertion(c + lo, hi - lo + 1);                                     \
+    }                                                                           \
+    static int32_t P##_select_mass(T *c, int32_t n, double target)              \
+    {                                                                           \
+        int32_t lo = 0, hi = n - 1; /* the boundary lies in c[lo..hi] */        \
+        double acc = 0.0;           /* mass of c[0..lo) */                      \
+        if (n <= 1 || target <= 0.0)                                            \
+            return n < 1 ? n : (P##_select(c, n, 1), 1);                        \
+        while (hi - lo > 16) {                                                  \
+            double lm;                                                          \
+            int32_t i = P##_partition(c, lo, hi, &lm);                          \
+            if (acc + lm >= target) {                                           \
+                hi = i - 1;                                                     \
+            } else if (acc + lm + PROB(&c[i]) >= target) {                      \
+                return i + 1;                                                   \
+            } else {                                                            \
+                acc += lm + PROB(&c[i]);                                        \
+                lo = i + 1;                                                     \
+            }                                                                   \
+        }                                                                       \
+        P##_insertion(c + lo, hi - lo + 1);                                     \
+        for (int32_t i = lo; i <= hi; i++) {                                    \
+            acc += PROB(&c[i]);                                                 \
+            if (acc >= target)                                                  \
+                return i + 1;                                                   \
+        }                                                                       \
+        /* rounding: the next element in order is c[hi + 1] (a pivot) */       \
+        return hi + 2 < n ? hi + 2 : n;                                         \
     }
-}
+
+SAMPLER_ORDER_FUNCS(cand, moe_candidate, cand_before, CAND_PROB)
+SAMPLER_ORDER_FUNCS(scored, sampler_scored, scored_before, SCORED_PROB)
 
 /* Make cand[0..m) the m best candidates in order (m clamped to n_cand). */
 static void sort_prefix(moe_sampler *s, int32_t m)
@@ -365,8 +477,27 @@ static void sort_prefix(moe_sampler *s, int32_t m)
     if (m <= ns)
         return;
     cand_select(s->cand + ns, s->n_cand - ns, m - ns);
-    qsort(s->cand + ns, (size_t)(m - ns), sizeof *s->cand, cand_cmp);
+    cand_sort(s->cand + ns, m - ns);
     s->n_sorted = m;
+}
+
+/* e^x for x <= 0 (0 below -87, so -inf logits get exactly 0), relative
+ * error ~2e-7; branch-free so the softmax loop vectorizes. */
+static inline float sampler_exp_neg(float x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: round to nearest */
+    float kf, r, p;
+    int32_t ki;
+    union { uint32_t u; float f; } sc;
+    bool under = !(x >= -87.0f);
+    x = under ? -87.0f : x;
+    kf = (x * 1.44269504088896341f + shifter) - shifter;
+    r = x - kf * 0.693145751953125f - kf * 1.428606765330187e-06f;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 +
+        r * (1.0f / 120 + r * (1.0f / 720))))));
+    ki = (int32_t)kf;
+    sc.u = (uint32_t)(ki + 127) << 23;
+    return under ? 0.0f : p * sc.f;
 }
 
 /* cand[i].p = softmax of the logits over the current set. */
@@ -390,13 +521,24 @@ static void ensure_probs(moe_sampler *s)
         s->probs_valid = true;
         return;
     }
-    for (int32_t i = 0; i < n; i++) {
-        float e = expf(s->cand[i].logit - mx);
-        s->cand[i].p = e;
-        sum += e;
+    {
+        /* exps first (vectorizable), then a sum in four lanes */
+        double acc[4] = { 0.0, 0.0, 0.0, 0.0 };
+        int32_t i = 0;
+        for (i = 0; i < n; i++)
+            s->cand[i].p = sampler_exp_neg(s->cand[i].logit - mx);
+        for (i = 0; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++)
+                acc[j] += s->cand[i + j].p;
+        for (; i < n; i++)
+            acc[0] += s->cand[i].p;
+        sum = acc[0] + acc[1] + acc[2] + acc[3];
     }
-    for (int32_t i = 0; i < n; i++)
-        s->cand[i].p = (float)(s->cand[i].p / sum);
+    {
+        const float inv = (float)(1.0 / sum);
+        for (int32_t i = 0; i < n; i++)
+            s->cand[i].p *= inv;
+    }
     s->probs_valid = true;
 }
 
@@ -491,10 +633,23 @@ static void stage_penalties(moe_sampler *s)
 static void stage_top_k(moe_sampler *s)
 {
     int32_t k = s->params.top_k;
-    if (k >= s->n_cand) {
+    if (k >= s->n_cand)
         return;
-    }
-    if (s->n_sorted < k) {
+    if (s->n_sorted == 0 && (int64_t)k * 16 <= s->n_cand) {
+        /* small k: one pass keeping a heap of the k best (worst at the
+         * root); most candidates lose one well-predicted comparison */
+        moe_candidate *c = s->cand;
+        for (int32_t i = k / 2 - 1; i >= 0; i--)
+            cand_sift(c, k, i);
+        for (int32_t i = k; i < s->n_cand; i++)
+            if (cand_before(&c[i], &c[0])) {
+                cand_swap(&c[0], &c[i]);
+                cand_sift(c, k, 0);
+            }
+        cand_heapsort(c, k);
+        s->n_cand = k;
+        s->n_sorted = k;
+    } else if (s->n_sorted < k) {
         cand_select(s->cand + s->n_sorted, s->n_cand - s->n_sorted, k - s->n_sorted);
         s->n_cand = k;
         sort_prefix(s, k);
@@ -507,24 +662,25 @@ static void stage_top_k(moe_sampler *s)
 
 static void stage_top_p(moe_sampler *s)
 {
-    float top_p = s->params.top_p;
-    int32_t m = 64;
+    const double top_p = s->params.top_p;
+    const int32_t ns = s->n_sorted;
     double cum = 0.0;
-    int32_t i = 0;
+    int32_t m;
     ensure_probs(s);
-    for (;;) {
-        sort_prefix(s, m);
-        m = s->n_sorted;
-        for (; i < m; i++) {
-            cum += s->cand[i].p;
-            if (cum >= top_p) {
-                truncate_renorm(s, i + 1);
-                return;
-            }
+    /* through the sorted prefix first, then select by mass in the rest */
+    for (int32_t i = 0; i < ns; i++) {
+        cum += s->cand[i].p;
+        if (cum >= top_p) {
+            truncate_renorm(s, i + 1);
+            return;
         }
-        if (m >= s->n_cand)
-            return; /* rounding left the sum short of top_p: keep all */
-        m = m > s->n_cand / 4 ? s->n_cand : m * 4;
+    }
+    if (ns == s->n_cand)
+        return; /* rounding left the sum short of top_p: keep all */
+    m = ns + cand_select_mass(s->cand + ns, s->n_cand - ns, top_p - cum);
+    if (m < s->n_cand) {
+        s->n_cand = m;
+        renorm(s);
     }
 }
 
@@ -556,21 +712,11 @@ static void stage_min_p(moe_sampler *s)
 }
 
 /* Locally typical sampling: order by |(-log p) - H| (ties: the usual
- * candidate order), keep the smallest such prefix with mass >= typical_p. */
-static int typical_cmp(const void *pa, const void *pb)
-{
-    const sampler_scored *a = pa, *b = pb;
-    if (a->score < b->score)
-        return -1;
-    if (a->score > b->score)
-        return 1;
-    return cand_cmp(&a->c, &b->c);
-}
-
+ * candidate order), keep the smallest such set with mass >= typical_p. */
 static void stage_typical_p(moe_sampler *s)
 {
-    double h = 0.0, cum = 0.0;
-    int32_t n = s->n_cand, keep = n;
+    double h = 0.0;
+    int32_t n = s->n_cand, keep;
     ensure_probs(s);
     for (int32_t i = 0; i < n; i++) {
         double p = s->cand[i].p;
@@ -582,15 +728,14 @@ static void stage_typical_p(moe_sampler *s)
         s->scored[i].c = s->cand[i];
         s->scored[i].score = p > 0.0 ? fabs(-log(p) - h) : INFINITY;
     }
-    qsort(s->scored, (size_t)n, sizeof *s->scored, typical_cmp);
-    for (int32_t i = 0; i < n; i++) {
+    keep = scored_select_mass(s->scored, n, s->params.typical_p);
+    if (keep >= n)
+        return;
+    for (int32_t i = 0; i < keep; i++)
         s->cand[i] = s->scored[i].c;
-        cum += s->cand[i].p;
-        if (keep == n && cum >= s->params.typical_p)
-            keep = i + 1;
-    }
+    s->n_cand = keep;
     s->n_sorted = 0;
-    truncate_renorm(s, keep);
+    renorm(s);
 }
 
 static void stage_temp(moe_sampler *s)

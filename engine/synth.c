@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gguf.h"
@@ -586,7 +585,7 @@ static moe_status synth_scratch_map(const char *path, size_t size, uint8_t **out
 {
     size_t plen = strlen(path);
     char *name = malloc(plen + 16);
-    int fd;
+    int fd, e;
     void *m;
     *out = NULL;
     if (!name)
@@ -602,8 +601,12 @@ static moe_status synth_scratch_map(const char *path, size_t size, uint8_t **out
     }
     unlink(name);
     free(name);
-    if (ftruncate(fd, (off_t)size) != 0) {
-        int e = errno;
+    /* reserve the blocks now: a full disk is an error here, not a SIGBUS
+     * when a page of the mapping is first written */
+    e = posix_fallocate(fd, 0, (off_t)size);
+    if (e == EINVAL || e == EOPNOTSUPP)
+        e = ftruncate(fd, (off_t)size) == 0 ? 0 : errno;
+    if (e != 0) {
         close(fd);
         return moe_fail(MOE_ERR_IO, "cannot size a %zu-byte scratch file next to "
                         "'%s': %s", size, path, strerror(e));

@@ -9,12 +9,14 @@
 #include "config.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "threads.h"
 
-#define TP_SPIN_ITERS 200000
+#define TP_SPIN_ITERS 4000 /* worker spins before sleeping */
+#define TP_WAIT_SPINS 20000  /* caller spins before yielding */
 
 struct tp_pool {
     int n_threads;
@@ -53,7 +55,10 @@ static void *tp_main(void *p)
         while ((g = atomic_load_explicit(&pool->gen, memory_order_acquire)) == seen &&
                !atomic_load(&pool->stop)) {
             if (++spins < TP_SPIN_ITERS) {
-                tp_pause();
+                if (spins % 256 == 0)
+                    sched_yield();
+                else
+                    tp_pause();
                 continue;
             }
             pthread_mutex_lock(&pool->mu);
@@ -144,6 +149,13 @@ void tp_run(tp_pool *p, tp_fn fn, void *arg)
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0, p->n_threads);
-    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < n_workers)
-        tp_pause();
+    /* Spin briefly, then yield: on an oversubscribed machine a worker may
+     * be waiting for this very core. */
+    for (long spins = 0;
+         atomic_load_explicit(&p->n_done, memory_order_acquire) < n_workers; spins++) {
+        if (spins < TP_WAIT_SPINS)
+            tp_pause();
+        else
+            sched_yield();
+    }
 }

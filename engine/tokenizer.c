@@ -1,10 +1,11 @@
 /*
- * tokenizer.c - vocabularies from GGUF tokenizer.ggml.* metadata and the two
+ * tokenizer.c - vocabularies from GGUF tokenizer.ggml.* metadata and the
  * tokenizers moe-studio runs: SentencePiece-style ("llama": score-ordered
- * bigram merges of UTF-8 characters, byte fallback) and byte-level BPE
+ * bigram merges of UTF-8 characters, byte fallback), byte-level BPE
  * ("gpt2": regex pre-tokenizer named by tokenizer.ggml.pre, rank-ordered
- * merges over GPT-2's byte alphabet). Special-token splitting, add-BOS
- * rules, detokenization.
+ * merges over GPT-2's byte alphabet) and WordPiece ("bert": lowercase,
+ * accents dropped, punctuation and CJK split, greedy longest match).
+ * Special-token splitting, add-BOS rules, detokenization.
  *
  * Depends on gguf.h (loading only; everything is copied), unicode.h and
  * libc. Never prints; failures return a status with moe_fail().
@@ -190,6 +191,7 @@ struct tok_vocab {
     bool ignore_merges;
     bool add_space_prefix;
     bool spm_split_ok;   /* no token has U+2581 after another character */
+    size_t max_token_len; /* WPM: longest token text in bytes */
 
     int32_t bos, eos, unk, eot, eom;
     bool add_bos, add_eos;
@@ -506,7 +508,7 @@ static moe_status build_pieces(tok_vocab *v)
         v->piece_off[id] = off;
         switch (v->type[id]) {
         case TT_NORMAL:
-            if (v->kind == TOK_KIND_SPM) {
+            if (v->kind != TOK_KIND_BPE) {
                 for (size_t i = 0; i < n;) {
                     if (i + 3 <= n && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
                         o[w++] = ' ';
@@ -630,10 +632,19 @@ static moe_status build_specials(tok_vocab *v, const gguf_ctx *g)
     }
     qsort(v->special_lens, v->n_special_lens, sizeof *v->special_lens, cmp_size_desc);
 
-    /* Phi-3's special tokens swallow whitespace after them (its tokenizer
-     * config marks them rstrip), except <unk>, <s> and <|endoftext|>. */
+    /* Whitespace-stripping rules the reference runtime keys on names (they
+     * are not in the file): Phi-3's special tokens swallow whitespace after
+     * them, except <unk>, <s> and <|endoftext|>; some BERT-family masks
+     * swallow whitespace before them. */
     const char *name = gguf_get_str(g, "general.name");
-    if (name && (name_contains(name, "phi-3") || name_contains(name, "phi3"))) {
+    const char *pre = gguf_get_str(g, "tokenizer.ggml.pre");
+    const char *arch = gguf_get_str(g, "general.architecture");
+    const char *mask = NULL;
+    if ((pre && (name_contains(pre, "jina-v2-de") || name_contains(pre, "jina-v2-es") ||
+                 name_contains(pre, "jina-v2-code"))) ||
+        (arch && (name_contains(arch, "nomic-bert-moe") || name_contains(arch, "jina-bert-v3")))) {
+        mask = "<mask>";
+    } else if (name && (name_contains(name, "phi-3") || name_contains(name, "phi3"))) {
         for (size_t i = 0; i < v->n_special; i++)
             v->flags[v->special[i]] |= TF_RSTRIP;
         static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
@@ -642,6 +653,13 @@ static moe_status build_specials(tok_vocab *v, const gguf_ctx *g)
             if (id >= 0)
                 v->flags[id] &= (uint8_t)~TF_RSTRIP;
         }
+    } else if (name && name_contains(name, "modern-bert")) {
+        mask = "[MASK]";
+    }
+    if (mask) {
+        int32_t id = tok_lookup(v, mask, strlen(mask));
+        if (id >= 0)
+            v->flags[id] |= TF_LSTRIP;
     }
     return MOE_OK;
 }
@@ -715,9 +733,12 @@ moe_status tok_load(const gguf_ctx *g, tok_vocab **out)
         kind = TOK_KIND_SPM;
     else if (strcmp(model, "gpt2") == 0)
         kind = TOK_KIND_BPE;
+    else if (strcmp(model, "bert") == 0)
+        kind = TOK_KIND_WPM;
     else
         return moe_fail(MOE_ERR_UNSUPPORTED,
-                        "tokenizer: unsupported tokenizer.ggml.model \"%s\" (supported: llama, gpt2)",
+                        "tokenizer: unsupported tokenizer.ggml.model \"%s\" (supported: llama, "
+                        "gpt2, bert)",
                         model);
 
     /* resolve the pre-tokenizer before allocating anything */
@@ -752,8 +773,23 @@ moe_status tok_load(const gguf_ctx *g, tok_vocab **out)
         (st = load_id(g, v, "tokenizer.ggml.eom_token_id", &v->eom)) != MOE_OK)
         goto fail;
 
-    v->add_bos = kind == TOK_KIND_SPM;
-    v->add_eos = false;
+    if (kind == TOK_KIND_WPM) {
+        /* BERT frames inputs as [CLS] ... [SEP] */
+        int32_t cls, sep;
+        if ((st = load_id(g, v, "tokenizer.ggml.cls_token_id", &cls)) != MOE_OK ||
+            (st = load_id(g, v, "tokenizer.ggml.seperator_token_id", &sep)) != MOE_OK)
+            goto fail;
+        if (v->bos < 0)
+            v->bos = cls;
+        if (v->eos < 0)
+            v->eos = sep;
+        for (int32_t id = 0; id < v->n_vocab; id++)
+            if (tlen(v, id) > v->max_token_len)
+                v->max_token_len = tlen(v, id);
+    }
+
+    v->add_bos = kind != TOK_KIND_BPE;
+    v->add_eos = kind == TOK_KIND_WPM;
     v->add_space_prefix = kind == TOK_KIND_SPM;
     bool b;
     if (gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b))
@@ -1020,7 +1056,7 @@ static bool partition(const tok_vocab *v, const char *text, size_t len, bool par
 typedef struct {
     double key;
     int32_t left, right;
-    size_t size;
+    uint32_t size;   /* bytes of the pair when it was queued */
     int32_t result;
 } bigram;
 
@@ -1079,8 +1115,9 @@ static bigram bh_pop(bheap *h)
     return top;
 }
 
+/* texts handed to the merge loops are shorter than INT32_MAX / 2 bytes */
 typedef struct {
-    size_t off, n;     /* bytes of the symbol in the working text */
+    uint32_t off, n;   /* bytes of the symbol in the working text */
     int32_t prev, next;
     int32_t id;        /* BPE: token id of the symbol (-1 if none) */
 } sym;
@@ -1136,7 +1173,7 @@ static void spm_try_bigram(enc_state *e, int32_t l, int32_t r)
     if (l < 0 || r < 0)
         return;
     const sym *sl = &e->syms.v[l], *sr = &e->syms.v[r];
-    size_t n = sl->n + sr->n;
+    uint32_t n = sl->n + sr->n;
     int32_t id = tok_lookup(e->v, e->work + sl->off, n);
     if (id < 0)
         return;
@@ -1224,7 +1261,8 @@ static void spm_tokenize(enc_state *e, const char *s, size_t len, bool prefix_sp
         if (n > w - off)
             n = w - off;
         int32_t idx = (int32_t)e->syms.n;
-        e->syms.v[e->syms.n++] = (sym){off, n, idx - 1, off + n == w ? -1 : idx + 1, -1};
+        e->syms.v[e->syms.n++] =
+            (sym){(uint32_t)off, (uint32_t)n, idx - 1, off + n == w ? -1 : idx + 1, -1};
         off += n;
     }
     /* merge word by word when that is exact (see spm_words_independent) */
@@ -1277,11 +1315,12 @@ static void bpe_emit_unmerged(enc_state *e, unsigned char byte)
 static void bpe_word(enc_state *e, const char *w, size_t n)
 {
     const tok_vocab *v = e->v;
-    if (v->ignore_merges) {
-        /* a word that is a whole token is taken as is */
-        char buf[256];
+    if (v->ignore_merges && n <= 1024) {
+        /* a word that is a whole token is taken as is (tokens are shorter
+         * than 1024 bytes; each byte is at most 2 bytes once mapped) */
+        char buf[2048];
         size_t bl = 0;
-        for (size_t i = 0; i < n && bl + 4 <= sizeof buf; i++) {
+        for (size_t i = 0; i < n; i++) {
             unsigned char b = (unsigned char)w[i];
             memcpy(buf + bl, v->byte_utf8[b], v->byte_utf8_len[b]);
             bl += v->byte_utf8_len[b];
@@ -1301,8 +1340,8 @@ static void bpe_word(enc_state *e, const char *w, size_t n)
     }
     for (size_t i = 0; i < n; i++) {
         int32_t idx = (int32_t)i;
-        e->syms.v[e->syms.n++] =
-            (sym){i, 1, idx - 1, i + 1 == n ? -1 : idx + 1, v->byte_tok[(unsigned char)w[i]]};
+        e->syms.v[e->syms.n++] = (sym){(uint32_t)i, 1, idx - 1, i + 1 == n ? -1 : idx + 1,
+                                       v->byte_tok[(unsigned char)w[i]]};
     }
     e->heap.n = 0;
     for (size_t i = 1; i < n; i++)
@@ -1339,6 +1378,10 @@ static void bpe_tokenize(enc_state *e, const char *s, size_t len)
     const tok_vocab *v = e->v;
     if (len == 0)
         return;
+    if (len > (size_t)INT32_MAX / 8) {
+        e->oom = true;
+        return;
+    }
     /* code points (invalid UTF-8 -> U+FFFD), their class bits */
     if (len > e->cp_cap) {
         size_t cap = len;
@@ -1408,6 +1451,80 @@ static void bpe_tokenize(enc_state *e, const char *s, size_t len)
     }
 }
 
+/* ---- WordPiece ---- */
+
+static bool is_cjk_ideograph(uint32_t cp)
+{
+    return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
+           (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||
+           (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B920 && cp <= 0x2CEAF) ||
+           (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
+}
+
+/* one word w[0..n) (starting with U+2581): greedy longest match, or [UNK]
+ * for the whole word when some position matches nothing */
+static void wpm_word(enc_state *e, const char *w, size_t n)
+{
+    const tok_vocab *v = e->v;
+    size_t start = e->out.n;
+    for (size_t i = 0; i < n;) {
+        size_t j = n - i > v->max_token_len ? i + v->max_token_len : n;
+        int32_t id = -1;
+        for (; j > i; j--)
+            if ((id = tok_lookup(v, w + i, j - i)) >= 0)
+                break;
+        if (id < 0) {
+            e->out.n = start;
+            break;
+        }
+        ib_push(&e->out, id);
+        i = j;
+    }
+    if (e->out.n == start && v->unk >= 0)
+        ib_push(&e->out, v->unk);
+}
+
+static void wpm_tokenize(enc_state *e, const char *s, size_t len)
+{
+    size_t cap;
+    if (!util_mul_size(len + 2, 4, &cap) || !grow_work(e, cap)) {
+        e->oom = true;
+        return;
+    }
+    char *w = e->work;
+    size_t wl = 3;
+    memcpy(w, "\xe2\x96\x81", 3);
+    for (size_t i = 0; i < len && !e->oom;) {
+        uint32_t cp;
+        i += unicode_utf8_decode(s + i, len - i, &cp);
+        cp = unicode_nfd_base(cp);
+        uint16_t fl = unicode_flags(cp);
+        if (fl & UNICODE_FLAG_SPACE) {
+            if (wl > 3)
+                wpm_word(e, w, wl);
+            wl = 3;
+            continue;
+        }
+        if (cp == 0 || cp == 0xFFFD || (fl & (1u << UNICODE_CAT_C)))
+            continue;
+        char b[4];
+        size_t bl = unicode_utf8_encode(unicode_tolower(cp), b);
+        if ((fl & (1u << UNICODE_CAT_P)) || (cp < 0x7F && (fl & (1u << UNICODE_CAT_S))) ||
+            is_cjk_ideograph(cp)) {
+            if (wl > 3)
+                wpm_word(e, w, wl);
+            memcpy(w + 3, b, bl);
+            wpm_word(e, w, 3 + bl);
+            wl = 3;
+        } else {
+            memcpy(w + wl, b, bl);
+            wl += bl;
+        }
+    }
+    if (wl > 3)
+        wpm_word(e, w, wl);
+}
+
 int32_t tok_encode(const tok_vocab *v, const char *text, size_t len, bool add_bos,
                    bool parse_special, int32_t *out, int32_t n_max)
 {
@@ -1437,8 +1554,10 @@ int32_t tok_encode(const tok_vocab *v, const char *text, size_t len, bool add_bo
         for (size_t f = 0; f < frags.n && !e.oom; f++) {
             if (frags.v[f].id >= 0)
                 ib_push(&e.out, frags.v[f].id);
-            else
+            else if (v->kind == TOK_KIND_BPE)
                 bpe_tokenize(&e, text + frags.v[f].off, frags.v[f].len);
+            else
+                wpm_tokenize(&e, text + frags.v[f].off, frags.v[f].len);
         }
     }
 
@@ -1472,7 +1591,7 @@ size_t tok_decode(const tok_vocab *v, const int32_t *ids, size_t n, bool skip_sp
 {
     size_t w = 0;
     bool first = true;
-    bool strip = v->kind == TOK_KIND_SPM && v->add_space_prefix;
+    bool strip = (v->kind == TOK_KIND_SPM && v->add_space_prefix) || v->kind == TOK_KIND_WPM;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= v->n_vocab)

@@ -1,8 +1,9 @@
 /*
  * tokenizer.h - tokenizers read from GGUF metadata: SentencePiece-style
- * ("llama": scores, byte fallback) and byte-level BPE ("gpt2": merges, with
- * the pre-tokenizer named by tokenizer.ggml.pre). Special tokens, add-BOS
- * rules, detokenization to raw bytes.
+ * ("llama": scores, byte fallback), byte-level BPE ("gpt2": merges, with
+ * the pre-tokenizer named by tokenizer.ggml.pre) and WordPiece ("bert":
+ * lowercased, accents dropped, greedy longest match). Special tokens,
+ * add-BOS rules, detokenization to raw bytes.
  *
  * Depends on gguf.h only for loading; the vocabulary copies what it needs, so
  * it may outlive the gguf_ctx.
@@ -22,6 +23,7 @@ typedef struct tok_vocab tok_vocab;
 typedef enum {
     TOK_KIND_SPM,  /* tokenizer.ggml.model = "llama" */
     TOK_KIND_BPE,  /* tokenizer.ggml.model = "gpt2" */
+    TOK_KIND_WPM,  /* tokenizer.ggml.model = "bert" (WordPiece) */
     TOK_KIND_COUNT
 } tok_kind;
 
@@ -38,7 +40,8 @@ bool tok_add_bos(const tok_vocab *v); /* the vocabulary's add-BOS rule */
 bool tok_is_eog(const tok_vocab *v, int32_t id);
 bool tok_is_special(const tok_vocab *v, int32_t id); /* control/user-defined */
 
-/* Encode len bytes. add_bos: prepend BOS (if the vocab has one).
+/* Encode len bytes. add_bos: prepend BOS (if the vocab has one; for
+ * WordPiece that is [CLS], and [SEP] is not appended - see tok_add_eos).
  * parse_special: match special-token texts in the input. Returns the count
  * written (<= n_max) or -(count needed) when n_max is too small.
  * (INT32_MIN, with moe_last_error() set, when memory runs out.)

@@ -26,6 +26,7 @@ struct trace_store {
     int64_t cap;     /* slots allocated */
     trace_entry **cur; /* [n_batch] entries of the running batch */
     int32_t n_batch;
+    int32_t base;      /* trace_cur(t) is cur[base + t] (trace_set_base) */
 };
 
 static size_t align_up(size_t n)
@@ -183,6 +184,7 @@ moe_status trace_begin(trace_store *ts, const int32_t *tokens, int32_t n, int32_
     const int64_t limit = ts->p.max_tokens > 0 ? ts->p.max_tokens : INT64_MAX;
     if (n > ts->n_batch)
         return moe_fail(MOE_ERR_INVALID_ARG, "trace batch of %d exceeds %d", n, ts->n_batch);
+    ts->base = 0;
     for (int32_t t = 0; t < n; t++) {
         trace_entry *e;
         int64_t phys;
@@ -203,6 +205,8 @@ moe_status trace_begin(trace_store *ts, const int32_t *tokens, int32_t n, int32_
         e->pub.token = tokens[t];
         e->pub.prefill = n > 1;
         e->pub.exit_layer = ts->d.n_layer - 1;
+        e->pub.exit_kind = 0;
+        e->pub.exit_value = NAN;
         e->pub.time_ms = 0.0f;
         ts->cur[t] = e;
         ts->count++;
@@ -212,7 +216,12 @@ moe_status trace_begin(trace_store *ts, const int32_t *tokens, int32_t n, int32_
 
 trace_entry *trace_cur(trace_store *ts, int32_t t)
 {
-    return ts->cur[t];
+    return ts->cur[ts->base + t];
+}
+
+void trace_set_base(trace_store *ts, int32_t base)
+{
+    ts->base = base;
 }
 
 void trace_end(trace_store *ts, int32_t n, double seconds)

@@ -35,6 +35,9 @@ void trace_clear(trace_store *ts);
  * (current entry t of the batch is trace_cur(ts, t)); end fills timing. */
 moe_status trace_begin(trace_store *ts, const int32_t *tokens, int32_t n, int32_t pos);
 trace_entry *trace_cur(trace_store *ts, int32_t t);
+/* Early exit runs a batch in pieces: while a piece starting at batch row
+ * base runs, trace_cur(ts, t) means row base + t. trace_begin resets it. */
+void trace_set_base(trace_store *ts, int32_t base);
 void trace_end(trace_store *ts, int32_t n, double seconds);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * unicode.h - the Unicode facts the tokenizers need: UTF-8 decoding,
- * general categories and White_Space, GPT-2's byte <-> code point mapping,
+ * general categories and White_Space, lowercase and NFD base letters,
+ * GPT-2's byte <-> code point mapping,
  * and a small backtracking regex matcher over code points used for BPE
  * pre-tokenization (the subset those patterns use: alternation, (?: ),
  * (?! ), (?= ), classes with \p{L} \p{N} \p{P} \p{S} \p{M} \p{Z} \p{C} \s,
@@ -37,6 +38,11 @@ typedef enum {
 unicode_cat unicode_category(uint32_t cp);
 bool unicode_is_space(uint32_t cp);
 uint16_t unicode_flags(uint32_t cp);
+/* Simple lowercase (first code point of the full lowercase mapping). */
+uint32_t unicode_tolower(uint32_t cp);
+/* First code point of the canonical decomposition (NFD), e.g. U+00FC ü ->
+ * u; cp itself when it has none. WordPiece uses it to drop accents. */
+uint32_t unicode_nfd_base(uint32_t cp);
 
 /* Length of a UTF-8 sequence from its lead byte (1 for continuation bytes). */
 size_t unicode_utf8_len(unsigned char lead);

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Generate the Unicode general-category run table used by engine/unicode.c.
+"""Generate the Unicode tables used by engine/unicode.c.
 
-Prints a C array: one uint32 per run of code points sharing a major category,
-packed as (first_code_point << 3) | category, sorted by code point. Category
-codes match enum unicode_cat in engine/unicode.h:
+ucat_runs: one uint32 per run of code points sharing a major category,
+  packed as (first_code_point << 3) | category, sorted by code point.
+  Category codes match enum unicode_cat in engine/unicode.h:
   0 unassigned (Cn), 1 L, 2 N, 3 P, 4 S, 5 M, 6 Z, 7 C (Cc Cf Cs Co).
+lower_runs: {first, last, delta, stride}: for cp in first..last stepping by
+  stride, lowercase(cp) = cp + delta (first code point of str.lower()).
+nfd_runs: {(first << 11) | (count - 1), base}: code points first ..
+  first + count - 1 all have NFD decompositions starting with base.
 Usage: python3 scripts/gen_unicode_tables.py > /tmp/tables.inc, then paste
 between the BEGIN/END GENERATED markers in engine/unicode.c.
 """
@@ -31,6 +35,47 @@ def main():
     print('static const uint32_t ucat_runs[%d] = {' % len(runs))
     for i in range(0, len(runs), 8):
         print('    ' + ', '.join('0x%07x' % r for r in runs[i:i + 8]) + ',')
+    print('};')
+
+    low, nfd = [], []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        lo = ch.lower()
+        if lo != ch:
+            low.append((cp, ord(lo[0])))
+        n = unicodedata.normalize('NFD', ch)
+        if n != ch:
+            nfd.append((cp, ord(n[0])))
+
+    lruns = []  # [first, last, delta, stride]
+    for cp, m in low:
+        if lruns:
+            r = lruns[-1]
+            if m - cp == r[2] and (cp - r[1] == r[3] or (r[0] == r[1] and cp - r[1] in (1, 2))):
+                if r[0] == r[1]:
+                    r[3] = cp - r[1]
+                r[1] = cp
+                continue
+        lruns.append([cp, cp, m - cp, 1])
+    print('static const struct { uint32_t first, last; int32_t delta; uint32_t stride; } '
+          'lower_runs[%d] = {' % len(lruns))
+    for i in range(0, len(lruns), 4):
+        print('    ' + ' '.join('{0x%x, 0x%x, %d, %d},' % tuple(r) for r in lruns[i:i + 4]))
+    print('};')
+
+    nruns = []  # [first, count, base]
+    for cp, b in nfd:
+        if nruns and nruns[-1][0] + nruns[-1][1] == cp and nruns[-1][2] == b \
+                and nruns[-1][1] < 2048:
+            nruns[-1][1] += 1
+        else:
+            nruns.append([cp, 1, b])
+    print('static const struct { uint32_t first_count, base; } nfd_runs[%d] = {' % len(nruns))
+    for i in range(0, len(nruns), 5):
+        print('    ' + ' '.join('{0x%x, 0x%x},' % ((r[0] << 11) | (r[1] - 1), r[2])
+                                for r in nruns[i:i + 5]))
     print('};')
 
 

@@ -14,6 +14,12 @@ Suite *tokenizer_suite(void);
 Suite *sampler_suite(void);
 Suite *model_suite(void);
 Suite *synth_suite(void);
+Suite *exit_suite(void);
+Suite *speculate_suite(void);
+Suite *router_suite(void);
+Suite *stats_suite(void);
+Suite *emoe_suite(void);
+Suite *bricks_suite(void);
 
 int main(void)
 {
@@ -24,6 +30,12 @@ int main(void)
     srunner_add_suite(sr, sampler_suite());
     srunner_add_suite(sr, model_suite());
     srunner_add_suite(sr, synth_suite());
+    srunner_add_suite(sr, exit_suite());
+    srunner_add_suite(sr, speculate_suite());
+    srunner_add_suite(sr, router_suite());
+    srunner_add_suite(sr, stats_suite());
+    srunner_add_suite(sr, emoe_suite());
+    srunner_add_suite(sr, bricks_suite());
     srunner_set_log(sr, "tests/check_engine.check.log");
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

@@ -390,7 +390,7 @@ static const reject_case reject_cases[] = {
     {"offset outside file", {0}, {P(t_off[2], 8, 1u << 20), NP}, MOE_ERR_FORMAT,
      "tensor 'norm' data [", "outside file of"},
     {"offset wraps", {0}, {P(t_off[2], 8, UINT64_MAX - 31), NP}, MOE_ERR_FORMAT,
-     "tensor 'norm' data [", "outside file of"},
+     "tensor 'norm' data at ", "+ 18446744073709551584 (16 bytes) outside file of"},
     {"data past end", {0}, {P(t_ne[0][1], 8, 1ull << 40), NP}, MOE_ERR_FORMAT,
      "tensor 'tok.weight' data [", "outside file of"},
     {"control chars escaped", {0}, {PD(t_name_len[0], 11, 1, '\n'), P(t_type[0], 4, 77)},
@@ -487,8 +487,12 @@ START_TEST(test_truncation)
     expect_reject(b.p, m.t_type[1] + 2, MOE_ERR_FORMAT,
                   "truncated file: tensor 'q.weight' info needs 4 bytes", NULL,
                   "in a type");
-    expect_reject(b.p, m.data_end - 1, MOE_ERR_FORMAT, "tensor 'norm' data [",
-                  "outside file of", "in the data");
+    {
+        char want[96];
+        snprintf(want, sizeof want, "tensor 'norm' data [%zu, %zu) outside file of %zu bytes",
+                 m.data_end - 16, m.data_end, m.data_end - 1);
+        expect_reject(b.p, m.data_end - 1, MOE_ERR_FORMAT, want, NULL, "in the data");
+    }
     /* inside the keys, with counts small enough to pass the early check */
     fx_patch_u64(&b, m.n_tensors, 0);
     fx_patch_u64(&b, m.n_kv, 2);

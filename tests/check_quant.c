@@ -10,7 +10,8 @@
  *    because the q8_1 block sum s is stored in fp16.
  *  - fast vs scalar: 1e-5 of sum |w_i a_i| for every type (the integer
  *    part is exact; only the float order of block sums differs).
- *  - gemm vs vec_dot: same 1e-5.
+ *  - gemm vs vec_dot: bit-identical (whatever the batch size, so batched
+ *    and single-token decoding agree exactly); vs the reference 1e-5.
  *  - fast quantize of activation types: byte-identical to scalar.
  *
  * Setting MOE_QUANT_BENCH=1 adds a micro benchmark case that prints GB/s of
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gguf.h"
 #include "quant.h"
 #include "quant_impl.h"
 #include "testutil.h"
@@ -399,14 +401,17 @@ static const char *const ksets[] = {"avx512-vnni", "avx2", NULL};
 
 START_TEST(test_dot_fast_vs_ref)
 {
-    static const int64_t sizes[] = {256, 512, 4096, 768};
+    /* odd block counts (1056 = 33 blocks of 32, 96 = 3) become 1280 for
+     * the 256-element types */
+    static const int64_t sizes[] = {256, 512, 4096, 768, 1056, 96};
     if (!quant_kernels_select(ksets[_i]))
         return; /* CPU lacks this set */
     for (int i = 0; i < N_TYPES; i++)
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
             moe_type t = all_types[i];
+            int64_t n = sizes[s] % quant_block_elems(t) ? 1280 : sizes[s];
             dot_case c;
-            dot_case_make(&c, t, sizes[s], s & 1 ? -0.03f : 0.0f);
+            dot_case_make(&c, t, n, s & 1 ? -0.03f : 0.0f);
             float r = quant_vec_dot_ref(t, c.n, c.w, c.a);
             float f = quant_vec_dot(t, c.n, c.w, c.a);
             ck_assert_msg(fabs((double)f - r) <= 1e-5 * c.sabs,
@@ -450,13 +455,16 @@ START_TEST(test_dot_extremes)
 }
 END_TEST
 
-START_TEST(test_gemm_vs_dot)
+/* gemm against vec_dot (exactly) and the reference: 7 activation rows
+ * (4-row blocks plus a tail), then 1 and 3 (the 4-weight-rows decode path);
+ * rows r0..r1 not a multiple of 4; an odd number of 32-blocks where the
+ * type allows */
+static void gemm_check(int64_t n_act)
 {
-    const int64_t n = 512, rows = 9, n_act = 7, r0 = 2, r1 = 8;
-    if (!quant_kernels_select(ksets[_i]))
-        return;
+    const int64_t rows = 9, r0 = 2, r1 = 8;
     for (int i = 0; i < N_TYPES; i++) {
         moe_type t = all_types[i], vt = quant_vec_dot_type(t);
+        int64_t n = quant_block_elems(t) == QK_K ? 512 : 544;
         size_t wrb = quant_row_bytes(t, n), arb = quant_row_bytes(vt, n);
         uint8_t *w = malloc(wrb * rows), *a = malloc(arb * n_act);
         float *x = malloc(n * sizeof *x), *out = malloc(sizeof(float) * rows * n_act);
@@ -480,7 +488,6 @@ START_TEST(test_gemm_vs_dot)
                 }
                 float d = quant_vec_dot(t, n, w + r * wrb, a + j * arb);
                 float s = quant_vec_dot_ref(t, n, w + r * wrb, a + j * arb);
-                /* scale of the terms: |d| plus the ref; loose but type-agnostic */
                 double sabs = 0;
                 float *wf = malloc(n * sizeof *wf), *af = malloc(n * sizeof *af);
                 quant_dequantize_row(t, w + r * wrb, wf, n);
@@ -489,8 +496,9 @@ START_TEST(test_gemm_vs_dot)
                     sabs += fabs((double)wf[k] * af[k]);
                 free(wf);
                 free(af);
-                ck_assert_msg(fabs((double)o - d) <= 1e-5 * sabs && fabs((double)o - s) <= 1e-5 * sabs,
-                              "%s gemm[%lld,%lld] %.8g dot %.8g ref %.8g", quant_type_name((int)t),
+                /* gemm and vec_dot: bit-identical (batch = single-token) */
+                ck_assert_msg(o == d && fabs((double)o - s) <= 1e-5 * sabs,
+                              "%s gemm[%lld,%lld] %.9g dot %.9g ref %.9g", quant_type_name((int)t),
                               (long long)j, (long long)r, (double)o, (double)d, (double)s);
             }
         free(w);
@@ -498,6 +506,15 @@ START_TEST(test_gemm_vs_dot)
         free(x);
         free(out);
     }
+}
+
+START_TEST(test_gemm_vs_dot)
+{
+    if (!quant_kernels_select(ksets[_i]))
+        return;
+    gemm_check(7);
+    gemm_check(1);
+    gemm_check(3);
     quant_kernels_select(NULL);
 }
 END_TEST
@@ -562,6 +579,80 @@ START_TEST(test_kernel_name)
     ck_assert_str_eq(quant_kernel_name(), "scalar");
     quant_force_scalar(false);
     ck_assert_str_eq(quant_kernel_name(), k);
+}
+END_TEST
+
+/* ---- real files: the same model quantized by the reference runtime --------
+ * Every tensor of the q8_0 / q4_0 / q6_k / q4_k_m / bf16 files, dequantized,
+ * must match the f16 file within that type's quantization error (a layout
+ * mistake gives rel-RMSE ~1). Bounds: measured worst cases are q8_0 0.0054,
+ * q4_0 0.086, q4_k 0.072, q5_k 0.036, q6_k 0.018, bf16 0.0017. */
+static double file_bound(moe_type t)
+{
+    switch (t) {
+    case MOE_TYPE_F32: return 0.0;
+    case MOE_TYPE_BF16: return 0.003;
+    case MOE_TYPE_Q8_0: return 0.008;
+    case MOE_TYPE_Q6_K: return 0.025;
+    case MOE_TYPE_Q5_K: return 0.05;
+    case MOE_TYPE_Q4_K: return 0.10;
+    case MOE_TYPE_Q4_0: return 0.12;
+    default: return -1.0;
+    }
+}
+
+START_TEST(test_real_files)
+{
+    static const char *const variants[] = {"q8_0", "q4_0", "q6_k", "q4_k_m", "bf16"};
+    char path[1024];
+    const char *rel = "models/synthetic/tiny-mixtral-256.f16.gguf";
+    if (!tu_shared(path, sizeof path, rel, "quant real files"))
+        return;
+    gguf_ctx *ref = NULL;
+    ck_assert_int_eq(gguf_open(path, &ref), MOE_OK);
+    int seen[MOE_TYPE_COUNT] = {0};
+    for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
+        char relx[128];
+        snprintf(relx, sizeof relx, "models/synthetic/tiny-mixtral-256.%s.gguf", variants[v]);
+        if (!tu_shared(path, sizeof path, relx, "quant real files"))
+            continue;
+        gguf_ctx *g = NULL;
+        ck_assert_int_eq(gguf_open(path, &g), MOE_OK);
+        for (int64_t i = 0; i < gguf_n_tensors(g); i++) {
+            const gguf_tensor_info *t = gguf_tensor(g, i);
+            const gguf_tensor_info *u = gguf_find_tensor(ref, t->name);
+            ck_assert_ptr_nonnull(u);
+            double bound = file_bound(t->type);
+            ck_assert_msg(bound >= 0, "%s: unexpected type %s", t->name, quant_type_name((int)t->type));
+            int64_t ne0 = t->ne[0], rows = 1;
+            for (int d = 1; d < GGUF_MAX_DIMS; d++)
+                rows *= t->ne[d];
+            ck_assert_int_eq(u->ne[0], ne0);
+            float *x = malloc(sizeof(float) * ne0), *y = malloc(sizeof(float) * ne0);
+            double se = 0, ss = 0;
+            size_t rbx = quant_row_bytes(t->type, ne0), rbu = quant_row_bytes(u->type, ne0);
+            for (int64_t r = 0; r < rows; r++) {
+                quant_dequantize_row(u->type, (const uint8_t *)u->data + r * rbu, x, ne0);
+                quant_dequantize_row(t->type, (const uint8_t *)t->data + r * rbx, y, ne0);
+                for (int64_t k = 0; k < ne0; k++) {
+                    se += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
+                    ss += (double)x[k] * x[k];
+                }
+            }
+            free(x);
+            free(y);
+            double relerr = ss > 0 ? sqrt(se / ss) : sqrt(se);
+            ck_assert_msg(relerr <= bound, "%s.%s (%s): rel-RMSE %.5f > %.5f", variants[v], t->name,
+                          quant_type_name((int)t->type), relerr, bound);
+            seen[t->type]++;
+        }
+        gguf_close(g);
+    }
+    gguf_close(ref);
+    static const moe_type must[] = {MOE_TYPE_Q8_0, MOE_TYPE_Q4_0, MOE_TYPE_Q4_K,
+                                    MOE_TYPE_Q5_K, MOE_TYPE_Q6_K, MOE_TYPE_BF16};
+    for (size_t k = 0; k < sizeof must / sizeof must[0]; k++)
+        ck_assert_msg(seen[must[k]] > 0, "no %s tensor checked", quant_type_name((int)must[k]));
 }
 END_TEST
 
@@ -658,6 +749,7 @@ Suite *quant_suite(void)
     tcase_add_loop_test(tc, test_quantize_fast_exact, 0, N_KSETS);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_kernel_name);
+    tcase_add_test(tc, test_real_files);
     suite_add_tcase(s, tc);
     if (getenv("MOE_QUANT_BENCH")) {
         TCase *tb = tcase_create("bench");

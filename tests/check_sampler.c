@@ -125,6 +125,23 @@ START_TEST(test_top_k_large)
     }
     moe_sampler_free(s);
 
+    /* a k the snapshot shows whole: exactly the k best, best first */
+    p.top_k = 10;
+    s = mk(&p, "top_k", N);
+    moe_sampler_sample(s, l);
+    ck_assert_int_eq(moe_sampler_stage_candidates(s, MOE_STAGE_TOP_K, c, 16), 10);
+    ck_assert_int_eq(c[0].id, 777);
+    for (int i = 1; i < 10; i++)
+        ck_assert(c[i].logit < c[i - 1].logit ||
+                  (c[i].logit == c[i - 1].logit && c[i].id > c[i - 1].id));
+    {
+        int above = 0; /* logits strictly better than the 10th */
+        for (int j = 0; j < N; j++)
+            above += l[j] > c[9].logit || (l[j] == c[9].logit && j < c[9].id);
+        ck_assert_int_eq(above, 9);
+    }
+    moe_sampler_free(s);
+
     /* top_p alone on the big vocabulary keeps the exact prefix */
     p = plain();
     p.top_p = 0.5f;
@@ -437,6 +454,177 @@ START_TEST(test_distribution)
 }
 END_TEST
 
+
+/* Reference: softmax of l (length n) in double, ids sorted best first. */
+static const float *ref_l;
+static int ref_cmp(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (ref_l[x] != ref_l[y])
+        return ref_l[x] > ref_l[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+START_TEST(test_large_sets)
+{
+    /* 5000 candidates, 12 dominant ones scattered: the mass selection runs
+     * its partition loop, and the survivors fit in a 16-entry snapshot */
+    enum { N = 5000, NS = 12 };
+    static float l[N];
+    static int32_t order[N];
+    static double pr[N];
+    const int32_t special[NS] = { 4999, 17, 2500, 3, 1234, 777, 4096, 42, 3000, 999, 1, 2222 };
+    const float top_ps[] = { 0.2f, 0.45f, 0.7f, 0.9f, 0.97f };
+    double z = 0.0, mx;
+    uint32_t x = 99;
+    for (int i = 0; i < N; i++) {
+        x = x * 1664525u + 1013904223u;
+        l[i] = -6.0f + (float)(x >> 8) / (float)(1u << 24);
+    }
+    for (int i = 0; i < NS; i++)
+        l[special[i]] = 10.0f - 0.4f * (float)i;
+    ref_l = l;
+    for (int i = 0; i < N; i++)
+        order[i] = i;
+    qsort(order, N, sizeof order[0], ref_cmp);
+    mx = l[order[0]];
+    for (int i = 0; i < N; i++)
+        z += exp(l[i] - mx);
+    for (int i = 0; i < N; i++)
+        pr[i] = exp(l[i] - mx) / z;
+    for (size_t t = 0; t < sizeof top_ps / sizeof top_ps[0]; t++) {
+        moe_sampler_params p = plain();
+        moe_sampler *s;
+        moe_candidate c[16];
+        double cum = 0.0;
+        int m = 0, n;
+        while (cum < top_ps[t])
+            cum += pr[order[m++]];
+        ck_assert_int_le(m, 16);
+        p.top_p = top_ps[t];
+        s = mk(&p, "top_p,temp", N);
+        for (int k = 0; k < 500; k++) {
+            int32_t id = moe_sampler_sample(s, l);
+            int rank = -1;
+            for (int j = 0; j < m; j++)
+                if (order[j] == id)
+                    rank = j;
+            ck_assert_msg(rank >= 0, "top_p %.2f sampled %d outside the %d survivors",
+                          top_ps[t], id, m);
+        }
+        n = moe_sampler_stage_candidates(s, MOE_STAGE_TOP_P, c, 16);
+        ck_assert_int_eq(n, m);
+        for (int j = 0; j < n; j++)
+            ck_assert_int_eq(c[j].id, order[j]);
+        moe_sampler_free(s);
+
+        /* typical_p on the same set keeps a set of exactly the target mass
+         * ordered by |-log p - H|; check it against the reference */
+        p = plain();
+        p.typical_p = top_ps[t];
+        s = mk(&p, "typical_p", N);
+        moe_sampler_sample(s, l);
+        {
+            double h = 0.0, acc = 0.0;
+            static int32_t byscore[N];
+            static double score[N];
+            int want = 0;
+            for (int i = 0; i < N; i++)
+                h -= pr[i] > 0 ? pr[i] * log(pr[i]) : 0.0;
+            for (int i = 0; i < N; i++) {
+                score[i] = fabs(-log(pr[i]) - h);
+                byscore[i] = i;
+            }
+            /* selection sort of the first few by score is enough */
+            for (int i = 0; i < 20; i++)
+                for (int j = i + 1; j < N; j++)
+                    if (score[byscore[j]] < score[byscore[i]]) {
+                        int32_t tmp = byscore[i];
+                        byscore[i] = byscore[j];
+                        byscore[j] = tmp;
+                    }
+            while (acc < top_ps[t] && want < 20)
+                acc += pr[byscore[want++]];
+            n = moe_sampler_stage_candidates(s, MOE_STAGE_TYPICAL_P, c, 16);
+            if (want <= 16) {
+                ck_assert_int_eq(n, want);
+                for (int j = 0; j < n; j++) {
+                    bool found = false;
+                    for (int k = 0; k < want; k++)
+                        found |= byscore[k] == c[j].id;
+                    ck_assert_msg(found, "typical %.2f kept %d", top_ps[t], c[j].id);
+                }
+            }
+        }
+        moe_sampler_free(s);
+    }
+}
+END_TEST
+
+START_TEST(test_deep_top_p)
+{
+    /* p_i ~ exp(-0.003 rank) over 5000 shuffled ids: top_p 0.5 keeps a few
+     * hundred. Every draw must rank inside the kept set, and the last kept
+     * one must come up too (each is drawn ~15 times in 10000). */
+    enum { N = 5000, DRAWS = 10000 };
+    static float l[N];
+    static int32_t rank_of[N];
+    const double top_p = 0.5;
+    double z = 0.0, cum = 0.0, prev = 0.0;
+    int m = 0, max_rank = -1, last_seen = 0;
+    moe_sampler_params p = plain();
+    moe_sampler *s;
+    for (int r = 0; r < N; r++) {
+        int id = (int)(((int64_t)r * 2713) % N); /* 2713 is coprime to N */
+        l[id] = -0.003f * (float)r;
+        rank_of[id] = r;
+    }
+    for (int r = 0; r < N; r++)
+        z += exp(-0.003 * (float)r);
+    while (cum < top_p) {
+        prev = cum;
+        cum += exp(-0.003 * (float)m++) / z;
+    }
+    /* the boundary is far from rounding trouble */
+    ck_assert(cum - top_p > 1e-5 && top_p - prev > 1e-5);
+    ck_assert_int_gt(m, 100);
+    p.top_p = (float)top_p;
+    s = mk(&p, "top_p,temp", N);
+    for (int i = 0; i < DRAWS; i++) {
+        int r = rank_of[moe_sampler_sample(s, l)];
+        if (r > max_rank)
+            max_rank = r;
+        last_seen += r == m - 1;
+    }
+    ck_assert_msg(max_rank == m - 1, "kept ranks up to %d, expected %d", max_rank,
+                  m - 1);
+    ck_assert_int_gt(last_seen, 0);
+    moe_sampler_free(s);
+}
+END_TEST
+
+START_TEST(test_banned_tokens)
+{
+    /* -inf logits are never drawn; NaN counts as -inf; all -inf is uniform */
+    float l[6] = { -INFINITY, 0.0f, -INFINITY, 0.5f, NAN, -INFINITY };
+    float all[3] = { -INFINITY, -INFINITY, -INFINITY };
+    moe_sampler_params p = plain();
+    moe_sampler *s;
+    int seen[3] = { 0 };
+    s = mk(&p, "top_p,min_p,temp", 6);
+    for (int i = 0; i < 2000; i++) {
+        int32_t t = moe_sampler_sample(s, l);
+        ck_assert_msg(t == 1 || t == 3, "drew %d", t);
+    }
+    moe_sampler_free(s);
+    s = mk(&p, "temp", 3);
+    for (int i = 0; i < 300; i++)
+        seen[moe_sampler_sample(s, all)]++;
+    ck_assert(seen[0] > 50 && seen[1] > 50 && seen[2] > 50);
+    moe_sampler_free(s);
+}
+END_TEST
+
 START_TEST(test_parse_order)
 {
     moe_sampler_params p = moe_sampler_default_params();
@@ -499,6 +687,9 @@ Suite *sampler_suite(void)
     tcase_add_test(tc, test_order_matters);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_distribution);
+    tcase_add_test(tc, test_large_sets);
+    tcase_add_test(tc, test_deep_top_p);
+    tcase_add_test(tc, test_banned_tokens);
     tcase_add_test(tc, test_parse_order);
     suite_add_tcase(su, tc);
     return su;

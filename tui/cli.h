@@ -27,6 +27,47 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_route_stats(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_exit(int argc, char **argv);
+int cmd_emoe(int argc, char **argv);
+int cmd_bricks(int argc, char **argv);
+int cmd_script(int argc, char **argv); /* cmd_script.c: headless Lua */
+int cmd_lua(int argc, char **argv);
+
+/* ---- early exit (cmd_exit.c), for any command with --exit SPEC ---- */
+typedef struct {
+    double ppl;             /* exp(mean negative log-likelihood) */
+    int64_t n_pred;         /* predictions scored */
+    int64_t n_tokens;       /* tokens evaluated */
+    double mean_exit_layer; /* 0-based; n_layer - 1 = all layers */
+    double saved;           /* fraction of layer computations skipped */
+    double seconds;         /* wall time of the evaluation */
+} cli_exit_result;
+/* Set the context's exit criterion from a spec and reset its counters;
+ * prints the one-line error and returns false on a bad spec. */
+bool cli_exit_setup(const char *cmd, moe_ctx *ctx, const char *spec);
+/* Perplexity of toks[0..n) in independent chunks of `chunk` tokens (<= 1:
+ * the context length) with the context's current criterion, plus its exit
+ * counters; one_by_one: one decode call per token (as in generation)
+ * instead of one batch per chunk. Prints the error, false on failure. */
+bool cli_exit_perplexity(const char *cmd, moe_ctx *ctx, const int32_t *toks, int32_t n,
+                         int32_t chunk, bool one_by_one, cli_exit_result *res);
+/* One line: spec, perplexity, mean exit layer, layers saved. */
+void cli_exit_report(FILE *f, const char *spec, const cli_exit_result *r);
+
+typedef struct {
+    double plain_tok_s, spec_tok_s; /* greedy generation, medians */
+    double speedup;                 /* spec_tok_s / plain_tok_s */
+    double accept_rate;             /* accepted / drafted */
+    double tokens_per_step;         /* tokens per verification pass */
+    int64_t drafted, accepted, steps;
+    bool identical;                 /* speculative tokens == plain tokens */
+} cli_spec_bench_result;
+/* Greedy generation of n_gen tokens from BOS, plain then with speculation,
+ * reps times, in ctx (n_ctx > n_gen). Prints the error, false on failure. */
+bool cli_spec_bench(const char *cmd, moe_ctx *ctx, const moe_spec_params *sp, int n_gen,
+                    int reps, cli_spec_bench_result *r);
 
 /* ---- errors ---- */
 /* Print "moe-studio <cmd>: <message>\n" to stderr (newlines in the message

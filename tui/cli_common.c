@@ -61,12 +61,14 @@ int cli_fail_engine(const char *cmd, moe_status st, const char *fmt, ...)
 int cli_bad_option(const char *cmd, int c, char **argv)
 {
     const char *arg = optind > 0 ? argv[optind - 1] : "";
+    /* A long option is named by its text, a short one by optopt. */
+    bool is_short = optopt > 0 && optopt < 256 && strncmp(arg, "--", 2) != 0;
     if (c == ':') {
-        if (optopt && optopt < 256)
+        if (is_short)
             return cli_fail(cmd, CLI_EXIT_USAGE, "option -%c needs a value", optopt);
         return cli_fail(cmd, CLI_EXIT_USAGE, "option '%s' needs a value", arg);
     }
-    if (optopt && optopt < 256)
+    if (is_short)
         return cli_fail(cmd, CLI_EXIT_USAGE,
                         "unknown option -%c (try 'moe-studio %s --help')",
                         optopt, cmd);

@@ -27,11 +27,15 @@ static void bench_usage(FILE *f)
             "  -p, --n-prompt N      prompt tokens decoded as one batch (default 128)\n"
             "  -n, --n-gen N         single-token decodes for generation (default 64)\n"
             "      --reps R          repetitions; medians are reported (default 3)\n"
+            "      --trace           record router traces while decoding (overhead check)\n"
             "      --json            one JSON object with pp_tok_s, tg_tok_s,\n"
-            "                        tg_weight_gb_s, read_bw_gb_s, threads, model, ...\n");
+            "                        tg_weight_gb_s, read_bw_gb_s, threads, model, ...\n"
+            "      --speculate E:d   also greedy generation of N tokens from BOS, plain and\n"
+            "                        self-speculative (draft with E layers, d drafts):\n"
+            "                        acceptance rate and speed-up\n");
 }
 
-enum { BENCH_OPT_REPS = 256, BENCH_OPT_JSON };
+enum { BENCH_OPT_REPS = 256, BENCH_OPT_JSON, BENCH_OPT_SPECULATE, BENCH_OPT_TRACE };
 
 /* xorshift64*: deterministic token ids for the benchmark batches. */
 static uint64_t bench_rand(uint64_t *s)
@@ -51,12 +55,14 @@ int cmd_bench(int argc, char **argv)
         {"n-gen", required_argument, NULL, 'n'},
         {"reps", required_argument, NULL, BENCH_OPT_REPS},
         {"json", no_argument, NULL, BENCH_OPT_JSON},
+        {"trace", no_argument, NULL, BENCH_OPT_TRACE},
+        {"speculate", required_argument, NULL, BENCH_OPT_SPECULATE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *path = NULL;
     int n_threads = 0, n_prompt = 128, n_gen = 64, reps = 3, c, rc = CLI_EXIT_FAIL;
-    bool json = false;
+    bool json = false, trace = false;
     moe_model *model = NULL;
     moe_ctx *ctx = NULL;
     moe_model_info info;
@@ -66,6 +72,9 @@ int cmd_bench(int argc, char **argv)
     double *pp = NULL, *tg = NULL, pp_med, tg_med, read_bw, weight_gb_s;
     int64_t active_bytes;
     uint64_t rng = 0x9E3779B97F4A7C15ULL;
+    moe_spec_params spec = moe_spec_default_params();
+    bool do_spec = false;
+    cli_spec_bench_result sr = {0};
 
     while ((c = getopt_long(argc, argv, ":m:t:p:n:h", opts, NULL)) != -1) {
         switch (c) {
@@ -87,6 +96,12 @@ int cmd_bench(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             break;
         case BENCH_OPT_JSON: json = true; break;
+        case BENCH_OPT_TRACE: trace = true; break;
+        case BENCH_OPT_SPECULATE:
+            if (moe_spec_parse(optarg, &spec) != MOE_OK)
+                return cli_fail(bench_cmd, CLI_EXIT_USAGE, "--speculate: %s", moe_last_error());
+            do_spec = true;
+            break;
         case 'h': bench_usage(stdout); return CLI_OK;
         default: return cli_bad_option(bench_cmd, c, argv);
         }
@@ -117,6 +132,15 @@ int cmd_bench(int argc, char **argv)
     if (st != MOE_OK) {
         cli_fail_engine(bench_cmd, st, "cannot create a context of %d tokens", cp.n_ctx);
         goto out;
+    }
+    if (trace) {
+        /* a ring of n_ctx entries: no allocation once it is full */
+        moe_trace_params tp = {.on = true, .lens_k = 0, .max_tokens = cp.n_ctx};
+        st = moe_ctx_set_trace(ctx, &tp);
+        if (st != MOE_OK) {
+            cli_fail_engine(bench_cmd, st, "cannot turn the trace on");
+            goto out;
+        }
     }
 
     toks = malloc((size_t)(n_prompt > n_gen ? n_prompt : n_gen) * sizeof *toks);
@@ -160,6 +184,16 @@ int cmd_bench(int argc, char **argv)
         t1 = cli_now();
         tg[r] = t1 > t0 ? n_gen / (t1 - t0) : 0.0;
     }
+    if (do_spec) {
+        if (spec.n_exit > info.n_layer) {
+            cli_fail(bench_cmd, CLI_EXIT_USAGE, "--speculate: %d draft layers, the model has %d",
+                     spec.n_exit, info.n_layer);
+            rc = CLI_EXIT_USAGE;
+            goto out;
+        }
+        if (!cli_spec_bench(bench_cmd, ctx, &spec, n_gen, reps, &sr))
+            goto out;
+    }
     pp_med = cli_median(pp, reps);
     tg_med = cli_median(tg, reps);
 
@@ -181,11 +215,22 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
         cJSON_AddNumberToObject(o, "n_gen", n_gen);
         cJSON_AddNumberToObject(o, "reps", reps);
+        cJSON_AddBoolToObject(o, "trace", trace);
         cJSON_AddNumberToObject(o, "pp_tok_s", pp_med);
         cJSON_AddNumberToObject(o, "tg_tok_s", tg_med);
         cJSON_AddNumberToObject(o, "active_bytes_per_token", (double)active_bytes);
         cJSON_AddNumberToObject(o, "tg_weight_gb_s", weight_gb_s);
         cJSON_AddNumberToObject(o, "read_bw_gb_s", read_bw);
+        if (do_spec) {
+            cJSON_AddNumberToObject(o, "spec_exit_layers", spec.n_exit);
+            cJSON_AddNumberToObject(o, "spec_drafts", spec.n_draft);
+            cJSON_AddNumberToObject(o, "spec_plain_tok_s", sr.plain_tok_s);
+            cJSON_AddNumberToObject(o, "spec_tok_s", sr.spec_tok_s);
+            cJSON_AddNumberToObject(o, "spec_speedup", sr.speedup);
+            cJSON_AddNumberToObject(o, "spec_accept_rate", sr.accept_rate);
+            cJSON_AddNumberToObject(o, "spec_tokens_per_step", sr.tokens_per_step);
+            cJSON_AddBoolToObject(o, "spec_identical", sr.identical);
+        }
         s = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (!s) {
@@ -197,7 +242,7 @@ int cmd_bench(int argc, char **argv)
     } else {
         printf("model            %s (%s, %s)\n", path, info.arch ? info.arch : "",
                info.ftype ? info.ftype : "");
-        printf("threads          %d\n", n_threads);
+        printf("threads          %d%s\n", n_threads, trace ? " (trace on)" : "");
         printf("pp%-5d          %.1f tok/s (median of %d)\n", n_prompt, pp_med, reps);
         printf("tg%-5d          %.1f tok/s (median of %d)\n", n_gen, tg_med, reps);
         printf("weights/token    %.2f MiB (active experts only)\n",
@@ -207,6 +252,15 @@ int cmd_bench(int argc, char **argv)
             printf(" (%.0f%% of read bandwidth)", 100.0 * weight_gb_s / read_bw);
         printf("\nread bandwidth   %.2f GB/s (measured, %d threads)\n", read_bw,
                n_threads);
+        if (do_spec) {
+            printf("greedy plain     %.1f tok/s (%d tokens from BOS, median of %d)\n",
+                   sr.plain_tok_s, n_gen, reps);
+            printf("speculate %d:%-4d %.1f tok/s, speed-up %.2fx, acceptance %.1f%% "
+                   "(%lld of %lld drafts), %.2f tokens/step, output %s\n",
+                   spec.n_exit, spec.n_draft, sr.spec_tok_s, sr.speedup,
+                   100.0 * sr.accept_rate, (long long)sr.accepted, (long long)sr.drafted,
+                   sr.tokens_per_step, sr.identical ? "identical" : "DIFFERENT");
+        }
     }
     fflush(stdout);
     if (ferror(stdout)) {

@@ -47,7 +47,14 @@ static void run_usage(FILE *f)
             "  -t, --threads N            worker threads\n"
             "  -c, --ctx-size N           context length (default: the model's, max 4096)\n"
             "      --no-bos               do not add BOS to the prompt\n"
-            "      --verbose              timing line on stderr\n",
+            "      --verbose              timing line on stderr (with --exit: the exit\n"
+            "                             layer of every token; with --speculate: the\n"
+            "                             acceptance rate)\n"
+            "      --exit SPEC            early exit: entropy:T, maxprob:P, patience:N,\n"
+            "                             hash:TABLE, hashtext:TEXT[:B], window:T:W, depth:L\n"
+            "      --speculate E:d        self-speculative decoding: draft d tokens with the\n"
+            "                             first E layers, verify with the rest (temperature,\n"
+            "                             top-k, top-p, min-p; no penalties)\n",
             (double)d.temp, (int)d.top_k, (double)d.top_p, (double)d.min_p,
             (double)d.typical_p, (double)d.repeat_penalty, (int)d.penalty_last_n,
             (double)d.freq_penalty, (double)d.presence_penalty, order,
@@ -68,6 +75,8 @@ enum {
     RUN_OPT_SEED,
     RUN_OPT_NO_BOS,
     RUN_OPT_VERBOSE,
+    RUN_OPT_EXIT,
+    RUN_OPT_SPECULATE,
 };
 
 typedef struct {
@@ -80,6 +89,9 @@ typedef struct {
     bool no_bos;
     bool verbose;
     moe_sampler_params sp;
+    const char *exit_spec;
+    const char *spec_spec;
+    moe_spec_params spec;
 } run_opts;
 
 /* Parse argv into o; returns CLI_OK, or an exit code (help -> -1). */
@@ -105,6 +117,8 @@ static int run_parse(int argc, char **argv, run_opts *o)
         {"seed", required_argument, NULL, RUN_OPT_SEED},
         {"no-bos", no_argument, NULL, RUN_OPT_NO_BOS},
         {"verbose", no_argument, NULL, RUN_OPT_VERBOSE},
+        {"exit", required_argument, NULL, RUN_OPT_EXIT},
+        {"speculate", required_argument, NULL, RUN_OPT_SPECULATE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -183,6 +197,23 @@ static int run_parse(int argc, char **argv, run_opts *o)
             break;
         case RUN_OPT_NO_BOS: o->no_bos = true; break;
         case RUN_OPT_VERBOSE: o->verbose = true; break;
+        case RUN_OPT_EXIT:
+            if (strncmp(optarg, "hashtext:", 9) != 0) {
+                moe_exit_params ep;
+                moe_hash_table *h = NULL;
+                st = moe_exit_parse(optarg, &ep, &h);
+                moe_hash_free(h);
+                if (st != MOE_OK)
+                    return cli_fail(run_cmd, CLI_EXIT_USAGE, "--exit: %s", moe_last_error());
+            }
+            o->exit_spec = optarg;
+            break;
+        case RUN_OPT_SPECULATE:
+            st = moe_spec_parse(optarg, &o->spec);
+            if (st != MOE_OK)
+                return cli_fail(run_cmd, CLI_EXIT_USAGE, "--speculate: %s", moe_last_error());
+            o->spec_spec = optarg;
+            break;
         case 'h': run_usage(stdout); return -1;
         default: return cli_bad_option(run_cmd, c, argv);
         }
@@ -194,12 +225,22 @@ static int run_parse(int argc, char **argv, run_opts *o)
         return cli_fail(run_cmd, CLI_EXIT_USAGE, "missing -m MODEL");
     if (o->prompt && o->prompt_file)
         return cli_fail(run_cmd, CLI_EXIT_USAGE, "give -p or -f, not both");
+    if (o->exit_spec && o->spec_spec)
+        return cli_fail(run_cmd, CLI_EXIT_USAGE, "give --exit or --speculate, not both");
+    if (o->spec_spec && (sp->repeat_penalty != 1.0f || sp->freq_penalty != 0.0f ||
+                         sp->presence_penalty != 0.0f || sp->typical_p < 1.0f))
+        return cli_fail(run_cmd, CLI_EXIT_USAGE,
+                        "--speculate samples with --temp, --top-k, --top-p and --min-p only");
     return CLI_OK;
 }
 
 int cmd_run(int argc, char **argv)
 {
-    run_opts o = {.n_predict = 128, .sp = moe_sampler_default_params()};
+    run_opts o = {.n_predict = 128, .sp = moe_sampler_default_params(),
+                  .spec = moe_spec_default_params()};
+    moe_spec_stats spec_stats = {0};
+    int32_t spec_buf[64], spec_n = 0, spec_i = 0;
+    int32_t *exit_layers = NULL, n_exit_rec = 0;
     moe_model *model = NULL;
     moe_ctx *ctx = NULL;
     moe_sampler *smp = NULL;
@@ -212,9 +253,8 @@ int cmd_run(int argc, char **argv)
     int32_t *toks = NULL, n_toks = 0, n_gen = 0;
     bool strip_space, printed_any, ctx_full = false;
     double t0, t1, t2;
-    int rc = CLI_EXIT_FAIL;
+    int rc = run_parse(argc, argv, &o);
 
-    rc = run_parse(argc, argv, &o);
     if (rc != CLI_OK)
         return rc < 0 ? CLI_OK : rc;
     rc = CLI_EXIT_FAIL;
@@ -272,6 +312,31 @@ int cmd_run(int argc, char **argv)
                  n_toks, moe_ctx_n_ctx(ctx));
         goto out;
     }
+    if (o.exit_spec && !cli_exit_setup(run_cmd, ctx, o.exit_spec)) {
+        rc = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (o.spec_spec) {
+        if (o.spec.n_exit > info.n_layer) {
+            cli_fail(run_cmd, CLI_EXIT_USAGE, "--speculate: %d draft layers, the model has %d",
+                     o.spec.n_exit, info.n_layer);
+            rc = CLI_EXIT_USAGE;
+            goto out;
+        }
+        o.spec.temp = o.sp.temp;
+        o.spec.top_k = o.sp.top_k;
+        o.spec.top_p = o.sp.top_p;
+        o.spec.min_p = o.sp.min_p;
+        o.spec.seed = o.sp.seed;
+    }
+    if (o.exit_spec && o.verbose) {
+        exit_layers = malloc((size_t)(o.n_predict > 0 ? o.n_predict : moe_ctx_n_ctx(ctx)) *
+                             sizeof *exit_layers);
+        if (!exit_layers) {
+            cli_fail(run_cmd, CLI_EXIT_FAIL, "out of memory");
+            goto out;
+        }
+    }
     st = moe_sampler_new(&o.sp, info.n_vocab, &smp);
     if (st != MOE_OK) {
         cli_fail_engine(run_cmd, st, "cannot create the sampler");
@@ -294,6 +359,15 @@ int cmd_run(int argc, char **argv)
     t1 = cli_now();
     for (int32_t i = 0; i < n_toks; i++)
         moe_sampler_accept(smp, toks[i]);
+    if (exit_layers) {
+        /* the prompt's last batch (moe_ctx_decode splits at n_batch) */
+        int32_t n_last = n_toks < 512 ? n_toks : (n_toks - 1) % 512 + 1;
+        fprintf(stderr, "moe-studio run: exit layers of the prompt (%s, 0-based, %d = all):",
+                o.exit_spec, info.n_layer - 1);
+        for (int32_t i = 0; i < n_last; i++)
+            fprintf(stderr, " %d", (int)moe_ctx_exit_layer(ctx, i));
+        fputc('\n', stderr);
+    }
 
     for (int i = 0; o.n_predict < 0 || i < o.n_predict; i++) {
         const float *logits = moe_ctx_logits(ctx, -1);
@@ -304,7 +378,10 @@ int cmd_run(int argc, char **argv)
             cli_fail(run_cmd, CLI_EXIT_FAIL, "engine kept no logits");
             goto out;
         }
-        id = moe_sampler_sample(smp, logits);
+        if (i > 0 && spec_i < spec_n)
+            id = spec_buf[spec_i++]; /* chosen by the last speculation step */
+        else
+            id = moe_sampler_sample(smp, logits);
         if (id < 0 || id >= info.n_vocab) {
             cli_fail(run_cmd, CLI_EXIT_FAIL, "sampler returned token %d: %s",
                      (int)id, moe_last_error());
@@ -326,15 +403,33 @@ int cmd_run(int argc, char **argv)
         n_gen++;
         if (o.n_predict >= 0 && i + 1 >= o.n_predict)
             break;
+        if (o.spec_spec && spec_i < spec_n)
+            continue; /* queued tokens before the last are already fed */
         if (moe_ctx_pos(ctx) >= moe_ctx_n_ctx(ctx)) {
             ctx_full = true;
             break;
+        }
+        if (o.spec_spec) {
+            /* feed id plus drafts; the step queues the tokens that follow */
+            {
+                int32_t want = o.n_predict >= 0 ? o.n_predict - (i + 1) : 64;
+                st = moe_ctx_speculate(ctx, &o.spec, id, spec_buf, want < 64 ? want : 64,
+                                       &spec_n, &spec_stats);
+            }
+            spec_i = 0;
+            if (st != MOE_OK) {
+                cli_fail_engine(run_cmd, st, "speculation at token %d failed", n_gen);
+                goto out;
+            }
+            continue;
         }
         st = moe_ctx_decode(ctx, &id, 1, false);
         if (st != MOE_OK) {
             cli_fail_engine(run_cmd, st, "decoding token %d failed", n_gen);
             goto out;
         }
+        if (exit_layers)
+            exit_layers[n_exit_rec++] = moe_ctx_exit_layer(ctx, -1);
     }
     t2 = cli_now();
     if (isatty(STDOUT_FILENO))
@@ -354,8 +449,31 @@ int cmd_run(int argc, char **argv)
                 info.name ? info.name : "", info.arch ? info.arch : "", n_toks,
                 (t1 - t0) * 1e3, (t1 > t0) ? n_toks / (t1 - t0) : 0.0, n_gen,
                 (t2 - t1) * 1e3, (t2 > t1) ? n_gen / (t2 - t1) : 0.0);
+    if (exit_layers) {
+        moe_exit_stats es;
+        moe_ctx_exit_stats(ctx, &es);
+        fprintf(stderr, "moe-studio run: exit layers of the generated tokens:");
+        for (int32_t i = 0; i < n_exit_rec; i++)
+            fprintf(stderr, " %d", (int)exit_layers[i]);
+        fputc('\n', stderr);
+        fprintf(stderr,
+                "moe-studio run: %lld tokens, mean exit layer %.3f, layers saved %.1f%%\n",
+                (long long)es.n_tokens,
+                es.n_tokens ? (double)es.layers_run / es.n_tokens - 1.0 : 0.0,
+                es.layers_total ? 100.0 * (1.0 - (double)es.layers_run / es.layers_total)
+                                : 0.0);
+    }
+    if (o.spec_spec && o.verbose)
+        fprintf(stderr,
+                "moe-studio run: speculate %d:%d: %lld steps, %lld of %lld drafts accepted "
+                "(%.1f%%), %.2f tokens/step\n",
+                o.spec.n_exit, o.spec.n_draft, (long long)spec_stats.steps,
+                (long long)spec_stats.accepted, (long long)spec_stats.drafted,
+                spec_stats.drafted ? 100.0 * spec_stats.accepted / spec_stats.drafted : 0.0,
+                spec_stats.steps ? (double)spec_stats.emitted / spec_stats.steps : 0.0);
     rc = CLI_OK;
 out:
+    free(exit_layers);
     moe_sampler_free(smp);
     moe_ctx_free(ctx);
     moe_model_free(model);

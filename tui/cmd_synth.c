@@ -98,7 +98,10 @@ static bool synth_progress(double done, double total, void *ud)
     int pct = total > 0.0 ? (int)(100.0 * done / total) : 100;
     if (ps->show && pct != ps->last_pct) {
         ps->last_pct = pct;
-        fprintf(stderr, "\rgenerating %3d%%  %.1f s", pct, cli_now() - ps->t0);
+        if (done >= total)
+            fprintf(stderr, "\rwriting the file...  %.1f s", cli_now() - ps->t0);
+        else
+            fprintf(stderr, "\rgenerating %3d%%  %.1f s    ", pct, cli_now() - ps->t0);
         fflush(stderr);
     }
     return true;
@@ -215,7 +218,7 @@ int cmd_synth(int argc, char **argv)
     ps.show = !quiet && isatty(STDERR_FILENO);
     st = synth_write(shape, (moe_type)type, seed, out, synth_progress, &ps);
     if (ps.show)
-        fprintf(stderr, "\r%30s\r", "");
+        fprintf(stderr, "\r%40s\r", "");
     if (st != MOE_OK)
         return cli_fail_engine(synth_cmd, st, "cannot write '%s'", out);
     if (stat(out, &sb) != 0)

@@ -23,6 +23,13 @@ static const tui_command tui_commands[] = {
     {"eval", cmd_eval, "prompt logits (top-k per position) and greedy tokens"},
     {"bench", cmd_bench, "prompt and generation speed, weight and memory bandwidth"},
     {"synth", cmd_synth, "write random-weight models of realistic shapes"},
+    {"route-stats", cmd_route_stats, "router load, balance, entropy, co-activation on a text"},
+    {"perplexity", cmd_perplexity, "perplexity of a text, with router steering and capacity"},
+    {"exit", cmd_exit, "early exit on a text: perplexity, mean exit layer, layers saved"},
+    {"emoe", cmd_emoe, "split a dense model's FFNs into emergent experts (EMoE)"},
+    {"bricks", cmd_bricks, "list, merge, grow, prune experts and other bricks"},
+    {"script", cmd_script, "run a Lua script headless (moe module, workflows)"},
+    {"lua", cmd_lua, "interactive Lua prompt with the moe module"},
 };
 
 static void tui_usage(FILE *f)
@@ -37,7 +44,7 @@ static void tui_usage(FILE *f)
             "commands:\n",
             PACKAGE_VERSION);
     for (size_t i = 0; i < sizeof tui_commands / sizeof tui_commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", tui_commands[i].name, tui_commands[i].summary);
+        fprintf(f, "  %-12s %s\n", tui_commands[i].name, tui_commands[i].summary);
     fprintf(f, "\nRun 'moe-studio <command> --help' for a command's options.\n");
 }
 

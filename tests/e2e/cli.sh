@@ -258,6 +258,25 @@ EOF
             fi
         done
 
+        # eval on a byte-level BPE model (GPT-2 style pieces, UTF-8 prompt).
+        g=$GOLDEN/tiny-qwen2moe.f32.p3.json
+        m=$SHARED/models/synthetic/tiny-qwen2moe.f32.gguf
+        if [ -f "$g" ] && [ -f "$m" ]; then
+            python3 -c 'import json,sys; sys.stdout.write(json.load(open(sys.argv[1]))["prompt"])' "$g" >"$tmp/q3.txt"
+            run_bin eval -m "$m" -f "$tmp/q3.txt" --json
+            if [ "$rc" -eq 0 ] && python3 -c '
+import json, sys
+a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2]))
+assert a["tokens"] == b["tokens"], "tokens differ"
+assert a["pieces_hex"] == b["pieces_hex"], "pieces_hex differ"
+assert "greedy" not in a, "greedy without --greedy"
+' "$tmp/out" "$g" 2>"$tmp/py"; then ok "eval qwen2moe p3: tokens and pieces_hex equal golden"
+            else bad "eval qwen2moe p3: exit $rc: $(tail -n 1 "$tmp/py") $(head -n 1 "$tmp/err")"
+            fi
+        else
+            skipped "eval qwen2moe p3: $g or $m absent"
+        fi
+
         # tokenize without --ids: one escaped line per token.
         run_bin tokenize -m "$STORIES" "Once upon a time"
         printf "403\t' Once'\n407\t' upon'\n261\t' a'\n378\t' time'\n" >"$tmp/want"
