@@ -538,6 +538,25 @@ moe_status moe_bricks_merge(moe_bricks *b, int32_t layer, const int32_t *experts
             return moe_fail(MOE_ERR_INVALID_ARG, "bricks merge: weight %g is not positive", w);
         wsum += w;
     }
+    {
+        /* copies of one source expert (e.g. grown with noise 0): their
+         * average is that expert; keep its exact bytes */
+        int32_t src = L->e[experts[0]].src;
+        bool same = src >= 0;
+        for (int32_t i = 1; i < n; i++)
+            same &= L->e[experts[i]].src == src;
+        if (same) {
+            keep = experts[0];
+            for (int32_t i = 1; i < n; i++)
+                keep = experts[i] < keep ? experts[i] : keep;
+            for (int32_t id = L->n - 1; id >= 0; id--)
+                for (int32_t i = 0; i < n; i++)
+                    if (experts[i] == id && id != keep)
+                        brk_remove(L, id);
+            brk_ids_text(ids, sizeof ids, experts, n);
+            return brk_log(b, "merge %d:%s", layer, ids);
+        }
+    }
     if (!brk_alloc(b, &acc))
         return moe_fail(MOE_ERR_NOMEM, "bricks merge: out of memory");
     tg = malloc(ns * sizeof *tg);
@@ -646,9 +665,15 @@ moe_status moe_bricks_grow(moe_bricks *b, int32_t layer, int32_t expert, float n
         return moe_fail(MOE_ERR_INVALID_ARG, "bricks grow: noise %g must be >= 0", noise);
     if (L->n >= 4096)
         return moe_fail(MOE_ERR_INVALID_ARG, "bricks grow: layer %d has 4096 experts", layer);
-    if (!brk_alloc(b, &x))
+    if (noise == 0.0f && L->e[expert].src >= 0) {
+        /* an exact copy: share the source bytes (no re-quantization) */
+        memset(&x, 0, sizeof x);
+        x.src = L->e[expert].src;
+    } else if (!brk_alloc(b, &x)) {
         return moe_fail(MOE_ERR_NOMEM, "bricks grow: out of memory");
-    brk_fetch(b, L, &L->e[expert], x.gate, x.up, x.down, x.router);
+    } else {
+        brk_fetch(b, L, &L->e[expert], x.gate, x.up, x.down, x.router);
+    }
     brk_perturb(x.gate, ns, noise, &rng);
     brk_perturb(x.up, ns, noise, &rng);
     brk_perturb(x.down, ns, noise, &rng);

@@ -225,8 +225,10 @@ void moe_ctx_trace_clear(moe_ctx *ctx);
  *     forced experts; fewer when bans leave fewer than k); banned experts
  *     never; ties go to the lower id; the list is ordered best first;
  *  3. weights: the selected probabilities (a forced expert keeps its own),
- *     renormalised to sum 1 over the selection when the architecture does
- *     so (Mixtral, OLMoE, Granite; so bans renormalise over what is left),
+ *     renormalised to sum 1 over the selection when the model does so
+ *     ({arch}.expert_weights_norm, default per architecture: Mixtral and
+ *     Granite yes, OLMoE and Qwen2-MoE no; bans then renormalise over what
+ *     is left),
  *     1 each for unweighted (EMoE) gating, times the file's expert weight
  *     scale, then times each expert's steering scale.
  * A layer whose experts are all banned has an MoE output of zero (a shared
@@ -499,15 +501,19 @@ moe_status moe_model_brick(const moe_model *model, int32_t i, moe_brick *out);
  *    the group; the others are removed.
  *  - grow: append a clone of an expert, every weight w of each tensor
  *    (gate, up, down, router row) plus noise * rms(tensor) * z, z
- *    standard normal from seed (noise 0: an exact copy).
+ *    standard normal from seed (noise 0: an exact copy of the bytes).
  *  - prune: remove experts (at least one must remain).
  * GGUF stores one expert count, so saving needs every MoE layer to have
  * the same number of experts (apply an operation to every layer, e.g.
  * prune the same number in each); expert_used_count becomes min(K, count).
- * Exactness: pruning experts a text never selected, or merging an exact
- * duplicate away, leaves outputs unchanged where the architecture
- * renormalises the selected weights (Mixtral, Granite); softmax gates
- * without renormalisation (OLMoE, Qwen2-MoE) see their denominator change.
+ * Exactness, where the architecture renormalises the selected weights
+ * (Mixtral, Granite): pruning experts a text never selected leaves that
+ * text's outputs unchanged; merging an exact duplicate D of expert E gives
+ * the duplicated model with D banned (with top-k >= 2 the duplicated model
+ * itself differs: D ties with E and takes a second slot; under top-1 it is
+ * the same model); a grown model with its clone banned is the original.
+ * Softmax gates without renormalisation (OLMoE, Qwen2-MoE) keep removed
+ * experts in the denominator, so their selected weights change slightly.
  * Operations are recorded in the key moestudio.bricks.ops. */
 typedef struct moe_bricks moe_bricks;
 
@@ -516,7 +522,9 @@ void moe_bricks_free(moe_bricks *b);
 int32_t moe_bricks_n_layer(const moe_bricks *b);
 /* Experts now in layer il; 0 for a dense layer or il out of range. */
 int32_t moe_bricks_n_expert(const moe_bricks *b, int32_t layer);
-/* Source id of expert e of a layer (-1: made by merge or grow). */
+/* Source id of expert e of a layer: the expert of the input file whose
+ * bytes it keeps (a noise-0 clone, or a merge of copies of one expert,
+ * keeps its source's id); -1 for experts computed by merge or grow. */
 int32_t moe_bricks_origin(const moe_bricks *b, int32_t layer, int32_t expert);
 moe_status moe_bricks_merge(moe_bricks *b, int32_t layer, const int32_t *experts,
                             const float *weights, int32_t n);
@@ -843,6 +851,8 @@ moe_status moe_trainer_load(const char *path, moe_trainer **out);
 void moe_trainer_free(moe_trainer *t);
 void moe_trainer_get_config(const moe_trainer *t, moe_train_config *out);
 moe_status moe_trainer_set_params(moe_trainer *t, const moe_train_params *p);
+/* The optimizer settings in effect (those of a resumed run's side file). */
+void moe_trainer_get_params(const moe_trainer *t, moe_train_params *out);
 /* Parameters in all, and in the trainable bricks. */
 int64_t moe_trainer_n_params(const moe_trainer *t, bool trainable_only);
 int64_t moe_trainer_step_count(const moe_trainer *t);
@@ -851,7 +861,10 @@ int32_t moe_trainer_tokenize(const moe_trainer *t, const char *text, size_t len,
                              int32_t *out, int32_t n_max);
 int32_t moe_trainer_bos(const moe_trainer *t); /* -1 if none */
 
-/* Train only the bricks of spec (see above; NULL or "all" = everything). */
+/* general.name written by moe_trainer_save (NULL: keep the source's). */
+moe_status moe_trainer_set_name(moe_trainer *t, const char *name);
+/* Train only the bricks of spec (see above; NULL or "all" = everything);
+ * on error the trainable set is left as it was. */
 moe_status moe_trainer_set_trainable(moe_trainer *t, const char *spec);
 /* Grow: add one expert to every MoE layer, a copy of expert src plus
  * Gaussian noise of relative size noise (router row too), and make the new

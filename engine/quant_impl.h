@@ -168,16 +168,12 @@ typedef float (*quant_dot_fn)(int64_t n, const void *w, const void *act);
 /* four dots of one weight row with four activation rows at once */
 typedef void (*quant_dot4_fn)(int64_t n, const void *w, const void *const act[4],
                               float out[4]);
-/* four weight rows (w_row_bytes apart) with one activation row */
-typedef void (*quant_dotr4_fn)(int64_t n, const void *w, size_t w_row_bytes, const void *act,
-                               float out[4]);
 typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
 
 typedef struct {
     const char *name;
     quant_dot_fn dot[MOE_TYPE_COUNT];
     quant_dot4_fn dot4[MOE_TYPE_COUNT];
-    quant_dotr4_fn dotr4[MOE_TYPE_COUNT];
     quant_quantize_fn quantize[MOE_TYPE_COUNT];
 } quant_kernels;
 

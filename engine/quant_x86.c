@@ -1,20 +1,20 @@
 /*
  * quant_x86.c - fast x86 kernels for quant.c: dot products (one activation
- * row; four activation rows per pass over a weight row for prompt batches;
- * four weight rows per call for decode) and the quantizers of the
- * activation types. Chosen at run time; no special compiler flags: every
- * function carries its own target attribute.
+ * row, or four activation rows per pass over a weight row for prompt
+ * batches) and the quantizers of the activation types. Chosen at run time;
+ * no special compiler flags: every function carries its own target
+ * attribute.
  *
  * Two kernel sets are compiled from the same source by including this file
  * into itself twice: "avx2" (AVX2 + FMA + F16C; int8 products through
  * vpmaddubsw/vpmaddwd) and "avx512-vnni" (adds AVX512F/BW/DQ/VL + VNNI:
- * vpdpbusd / vpdpwssd, with 512-bit kernels for q8_0, q4_0, q4_k, q5_k and
- * q6_k). Results equal the scalar reference up to the order of float
- * additions (integer parts are exact); quantizers are bit-identical to the
- * scalar ones. Within one kernel set, a dot gives the same bits whichever
- * entry computes it (dot, dot4, dotr4): every driver sums blocks in the
- * same order into the same two accumulators, so batched and single-token
- * decoding agree exactly.
+ * vpdpbusd / vpdpwssd on 256-bit vectors). For f32 (n % 16 == 0), the
+ * 32-element types, q4_k, q5_k and q6_k the results are bit-identical to the
+ * scalar reference of quant.c, whose float order follows the reference
+ * runtime; q2_k, q3_k, q8_k, f16 and bf16 equal it up to the order of float
+ * additions (integer parts exact). Quantizers are bit-identical to the
+ * scalar ones. A dot gives the same bits whichever entry computes it (dot,
+ * dot4), so batched and single-token decoding agree exactly.
  *
  * Owns: SIMD code only. Depends on quant_impl.h; never prints or aborts.
  */
@@ -24,6 +24,20 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #ifndef QX_PASS
+
+/* Float results must not depend on the compiler fusing a*b+c (GCC does by
+ * default when FMA is enabled): the dots must equal the scalar reference
+ * bit for bit. Explicit _mm*_fmadd_* are the intended FMAs; every product
+ * that is later added goes through QX_NOFUSE, an empty asm that hides the
+ * value's origin. (A "#pragma GCC optimize" would also do, but it stops
+ * GCC from unrolling the kernels' small loops.) */
+#define QX_NOFUSE(v) __asm__("" : "+x"(v))
+
+/* Small constant-count loops (over the 1 or 4 activation rows, the 8 blocks
+ * of a reduction, the parts of a super-block) must be unrolled so their
+ * accumulators stay in registers; GCC does that only at -O3 on its own and
+ * the build uses -O2. */
+#define QX_UNROLL _Pragma("GCC unroll 8")
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -103,6 +117,12 @@ static inline QX_ALWAYS QX_TARGET float QX(hsum)(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+/* a*b + c with one rounding (the scalar reference's fmaf) */
+static inline QX_ALWAYS QX_TARGET float QX(fma1)(float a, float b, float c)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
 static inline QX_ALWAYS QX_TARGET float QX(h2f)(uint16_t h)
 {
     return _cvtsh_ss(h);
@@ -151,7 +171,7 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(scale2)(int a, int b)
         const WT *w = wv;                                                                 \
         const AT *a[4] = {0};                                                             \
         __m256 acc[4], accb[4];                                                           \
-        for (int k = 0; k < na; k++) {                                                    \
+        QX_UNROLL for (int k = 0; k < na; k++) {                                                    \
             a[k] = av[k];                                                                 \
             acc[k] = accb[k] = _mm256_setzero_ps();                                       \
         }                                                                                 \
@@ -162,7 +182,7 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(scale2)(int a, int b)
         }                                                                                 \
         if (i < nb)                                                                       \
             QX(NAME##_step)(w, a, i, na, acc);                                            \
-        for (int k = 0; k < na; k++)                                                      \
+        QX_UNROLL for (int k = 0; k < na; k++)                                                      \
             out[k] = QX(hsum)(_mm256_add_ps(acc[k], accb[k]));                            \
     }                                                                                     \
     static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
@@ -202,7 +222,7 @@ static inline QX_ALWAYS QX_TARGET __m256 QX(ld_bf16)(const void *p, int64_t i)
                                                            int64_t i, int na, __m256 *acc) \
     {                                                                                   \
         __m256 wv = QX(LD)(w, 8 * i);                                                   \
-        for (int k = 0; k < na; k++)                                                    \
+        QX_UNROLL for (int k = 0; k < na; k++)                                                    \
             acc[k] = _mm256_fmadd_ps(wv, QX(LD)(a[k], 8 * i), acc[k]);                  \
     }
 
@@ -229,7 +249,7 @@ QX_DRIVER(bf16, void, void, 8)
         int64_t m = n & ~(int64_t)7;                                                      \
         QX(NAME##_dot4)(m, w, a, out);                                                    \
         if (m < n)                                                                        \
-            for (int k = 0; k < 4; k++)                                                   \
+            QX_UNROLL for (int k = 0; k < 4; k++)                                                   \
                 out[k] += quant_ref_dot(T, n - m, (const ET *)w + m, (const ET *)a[k] + m); \
     }
 
@@ -239,177 +259,192 @@ QX_FLOAT_DOTS(bf16, MOE_TYPE_BF16, uint16_t)
 
 /* ---- q8_0, q8_1, q4_0, q4_1, q5_0, q5_1 (blocks of 32) --------------------- */
 
-/* signed weights q (int8): sign trick, |q| * (a with q's sign) */
-#define QX_SIGNED_STEP(NAME, WT, AT, UNPACK)                                              \
-    static inline QX_ALWAYS QX_TARGET void QX(NAME##_step)(const WT *w, const AT **a,     \
-                                                           int64_t i, int na, __m256 *acc) \
+/* Legacy (32-element) types, bit-identical to the scalar reference of
+ * quant.c, whose float order follows the reference runtime (see the comment
+ * above its scalar dots; exact agreement avoids flipped Q8 roundings
+ * downstream):
+ *   q8_0: 8 lanes (lane l = integer sum of elements 4l..4l+3),
+ *         acc = fma(dw*da, lane, acc) per block, then hsum8;
+ *   q4_0: whole block sums, acc = fma(isum, dw*da, acc) in block order;
+ *   q4_1, q5_0, q5_1, q8_1: s += (dw*da)*isum (+ mw*sa), in block order.
+ * The sequential chains stay cheap by reducing eight blocks' integer sums
+ * at once. */
+
+/* lane sums (8 x int32) of block i: the integer dot is their total */
+#define QX_SIGNED_INT(NAME, WT, AT, UNPACK)                                               \
+    static inline QX_ALWAYS QX_TARGET __m256i QX(NAME##_int)(const WT *w, const AT *a,    \
+                                                             int64_t i)                   \
     {                                                                                     \
         __m256i q = UNPACK;                                                               \
-        __m256i aq = _mm256_sign_epi8(q, q);                                              \
-        float dw = QX(h2f)(w[i].d);                                                       \
-        for (int k = 0; k < na; k++) {                                                    \
-            __m256i s = _mm256_sign_epi8(QX(load256)(a[k][i].qs), q);                     \
-            __m256i p = DPBUSD(_mm256_setzero_si256(), aq, s);                            \
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * QX(h2f)(a[k][i].d)),             \
-                                     _mm256_cvtepi32_ps(p), acc[k]);                      \
-        }                                                                                 \
+        __m256i s = _mm256_sign_epi8(QX(load256)(a[i].qs), q);                            \
+        return DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), s);                 \
     }
-
-/* unsigned weights q (0..31) with an offset m: d*q + m against q8_1 */
-#define QX_UNSIGNED_STEP(NAME, WT, UNPACK)                                                \
-    static inline QX_ALWAYS QX_TARGET void QX(NAME##_step)(const WT *w, const blk_q8_1 **a, \
-                                                           int64_t i, int na, __m256 *acc) \
+#define QX_UNSIGNED_INT(NAME, WT, UNPACK)                                                 \
+    static inline QX_ALWAYS QX_TARGET __m256i QX(NAME##_int)(const WT *w, const blk_q8_1 *a, \
+                                                             int64_t i)                   \
     {                                                                                     \
         __m256i q = UNPACK;                                                               \
-        float dw = QX(h2f)(w[i].d), mw = QX(h2f)(w[i].m);                                 \
-        for (int k = 0; k < na; k++) {                                                    \
-            __m256i p = DPBUSD(_mm256_setzero_si256(), q, QX(load256)(a[k][i].qs));       \
-            __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(dw * QX(h2f)(a[k][i].d)),           \
-                                       _mm256_cvtepi32_ps(p), acc[k]);                    \
-            /* m * s, added in lane 0 */                                                  \
-            acc[k] = _mm256_add_ps(v, _mm256_castps128_ps256(                             \
-                                          _mm_set_ss(mw * QX(h2f)(a[k][i].s))));          \
-        }                                                                                 \
+        return DPBUSD(_mm256_setzero_si256(), q, QX(load256)(a[i].qs));                   \
     }
 
-QX_SIGNED_STEP(q8_0, blk_q8_0, blk_q8_0, QX(load256)(w[i].qs))
-QX_SIGNED_STEP(q8_1, blk_q8_1, blk_q8_1, QX(load256)(w[i].qs))
-QX_SIGNED_STEP(q4_0, blk_q4_0, blk_q8_0,
-               _mm256_sub_epi8(QX(nibbles32)(w[i].qs), _mm256_set1_epi8(8)))
-QX_SIGNED_STEP(q5_0, blk_q5_0, blk_q8_0,
-               _mm256_sub_epi8(QX(nibbles32)(w[i].qs),
-                               _mm256_andnot_si256(QX(bits32)(w[i].qh), _mm256_set1_epi8(16))))
-QX_UNSIGNED_STEP(q4_1, blk_q4_1, QX(nibbles32)(w[i].qs))
-QX_UNSIGNED_STEP(q5_1, blk_q5_1,
-                 _mm256_or_si256(QX(nibbles32)(w[i].qs),
-                                 _mm256_and_si256(QX(bits32)(w[i].qh), _mm256_set1_epi8(16))))
+QX_SIGNED_INT(q8_1, blk_q8_1, blk_q8_1, QX(load256)(w[i].qs))
+QX_SIGNED_INT(q4_0, blk_q4_0, blk_q8_0,
+              _mm256_sub_epi8(QX(nibbles32)(w[i].qs), _mm256_set1_epi8(8)))
+QX_SIGNED_INT(q5_0, blk_q5_0, blk_q8_0,
+              _mm256_sub_epi8(QX(nibbles32)(w[i].qs),
+                              _mm256_andnot_si256(QX(bits32)(w[i].qh), _mm256_set1_epi8(16))))
+QX_UNSIGNED_INT(q4_1, blk_q4_1, QX(nibbles32)(w[i].qs))
+QX_UNSIGNED_INT(q5_1, blk_q5_1,
+                _mm256_or_si256(QX(nibbles32)(w[i].qs),
+                                _mm256_and_si256(QX(bits32)(w[i].qh), _mm256_set1_epi8(16))))
 
-QX_DRIVER(q8_0, blk_q8_0, blk_q8_0, QK32)
-QX_DRIVER(q8_1, blk_q8_1, blk_q8_1, QK32)
-QX_DRIVER(q4_0, blk_q4_0, blk_q8_0, QK32)
-QX_DRIVER(q5_0, blk_q5_0, blk_q8_0, QK32)
-QX_DRIVER(q4_1, blk_q4_1, blk_q8_1, QK32)
-QX_DRIVER(q5_1, blk_q5_1, blk_q8_1, QK32)
-
-#if QX_PASS == 2
-/* 512-bit variants for q8_0 and q4_0 weights (the generation hot path): two
- * blocks per zmm; sign trick through a byte mask. */
-
-/* [dw0*da0 x8 | dw1*da1 x8] */
-static inline QX_ALWAYS QX_TARGET __m512 QX(zscale)(__m128 dw, uint16_t a0, uint16_t a1)
+/* eight fp16 values stride bytes apart, as floats */
+static inline QX_ALWAYS QX_TARGET __m256 QX(h8)(const void *p, size_t stride)
 {
-    __m128i ha = _mm_cvtsi32_si128((int)(a0 | (uint32_t)a1 << 16));
-    __m128 s = _mm_mul_ps(dw, _mm_cvtph_ps(ha));
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+    const uint8_t *b = p;
+    uint16_t v[8];
+    for (int k = 0; k < 8; k++)
+        memcpy(&v[k], b + (size_t)k * stride, 2);
+    __m128i h = _mm_cvtsi32_si128(v[0]);
+    h = _mm_insert_epi16(h, v[1], 1);
+    h = _mm_insert_epi16(h, v[2], 2);
+    h = _mm_insert_epi16(h, v[3], 3);
+    h = _mm_insert_epi16(h, v[4], 4);
+    h = _mm_insert_epi16(h, v[5], 5);
+    h = _mm_insert_epi16(h, v[6], 6);
+    h = _mm_insert_epi16(h, v[7], 7);
+    return _mm256_cvtph_ps(h);
 }
 
-static inline QX_ALWAYS QX_TARGET __m512i QX(zload2)(const int8_t *p0, const int8_t *p1)
+/* totals of eight lane-sum vectors: [sum p0, ..., sum p7] */
+static inline QX_ALWAYS QX_TARGET __m256i QX(reduce8)(const __m256i *p)
 {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(QX(load256)(p0)), QX(load256)(p1), 1);
+    __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20),
+                            _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
-/* q: 64 signed weights of blocks i, i+1 */
-static inline QX_ALWAYS QX_TARGET void QX(zstep)(__m512i q, uint16_t d0, uint16_t d1,
-                                                 const blk_q8_0 **a, int64_t i, int na,
-                                                 __m512 *acc)
+static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
 {
-    __m512i aq = _mm512_abs_epi8(q);
-    __mmask64 neg = _mm512_movepi8_mask(q);
-    __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
-    for (int k = 0; k < na; k++) {
-        __m512i av = QX(zload2)(a[k][i].qs, a[k][i + 1].qs);
-        __m512i s = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
-        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aq, s);
-        acc[k] = _mm512_fmadd_ps(QX(zscale)(dw, a[k][i].d, a[k][i + 1].d), _mm512_cvtepi32_ps(p),
-                                 acc[k]);
-    }
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    return _mm_cvtsi128_si32(t);
 }
 
-static inline QX_ALWAYS QX_TARGET __m512i QX(zq8_0)(const blk_q8_0 *w, int64_t i)
-{
-    return QX(zload2)(w[i].qs, w[i + 1].qs);
-}
-
-static inline QX_ALWAYS QX_TARGET __m512i QX(zq4_0)(const blk_q4_0 *w, int64_t i)
-{
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    __m256i raw = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)w[i + 1].qs),
-                                   _mm_loadu_si128((const __m128i *)w[i].qs));
-    __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); /* lo0 lo1 hi0 hi1 */
-    z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));          /* lo0 hi0 lo1 hi1 */
-    return _mm512_sub_epi8(z, _mm512_set1_epi8(8));
-}
-
-#define QX_ZDRIVER(NAME, WT)                                                              \
-    static inline QX_ALWAYS QX_TARGET void QX(NAME##_zrows)(                             \
-        int64_t n, const void *wv, const void *const *av, int na, float *out)             \
+/* HAS_M: q4_1/q5_1 (weights carry m, activations s); FMA: q4_0's chain
+ * acc = fma(isum, d, acc) instead of s += d*isum */
+#define QX_SDRIVER(NAME, WT, AT, HAS_M, FMA, MF, SF)                                      \
+    static inline QX_ALWAYS QX_TARGET float QX(NAME##_row)(int64_t n, const WT *w,        \
+                                                           const AT *a)                   \
     {                                                                                     \
-        const WT *w = wv;                                                                 \
-        const blk_q8_0 *a[4] = {0};                                                       \
-        __m512 acc[4], accb[4];                                                           \
-        for (int k = 0; k < na; k++) {                                                    \
-            a[k] = av[k];                                                                 \
-            acc[k] = accb[k] = _mm512_setzero_ps();                                       \
-        }                                                                                 \
         int64_t nb = n / QK32, i = 0;                                                     \
-        for (; i + 4 <= nb; i += 4) {                                                     \
-            QX(zstep)(QX(z##NAME)(w, i), w[i].d, w[i + 1].d, a, i, na, acc);              \
-            QX(zstep)(QX(z##NAME)(w, i + 2), w[i + 2].d, w[i + 3].d, a, i + 2, na, accb); \
+        float s = 0.0f;                                                                   \
+        for (; i + 8 <= nb; i += 8) {                                                     \
+            __m256i p[8];                                                                 \
+            float t[8];                                                                    \
+            QX_UNROLL for (int b = 0; b < 8; b++)                                                   \
+                p[b] = QX(NAME##_int)(w, a, i + b);                                       \
+            __m256 isum = _mm256_cvtepi32_ps(QX(reduce8)(p));                             \
+            if (FMA) {                                                                    \
+                _mm256_storeu_ps(t, isum);                                                \
+                QX_UNROLL for (int b = 0; b < 8; b++)                                               \
+                    s = QX(fma1)(t[b], QX(h2f)(w[i + b].d) * QX(h2f)(a[i + b].d), s);                                         \
+                continue;                                                                 \
+            }                                                                             \
+            __m256 d = _mm256_mul_ps(QX(h8)(&w[i].d, sizeof(WT)), QX(h8)(&a[i].d, sizeof(AT))); \
+            __m256 v = _mm256_mul_ps(d, isum);                                            \
+            QX_NOFUSE(v);                                                                 \
+            if (HAS_M) {                                                                  \
+                __m256 ms = _mm256_mul_ps(QX(h8)(&w[i].MF, sizeof(WT)),                   \
+                                          QX(h8)(&a[i].SF, sizeof(AT)));                  \
+                QX_NOFUSE(ms);                                                            \
+                v = _mm256_add_ps(v, ms);                                                 \
+            }                                                                             \
+            _mm256_storeu_ps(t, v);                                                       \
+            QX_UNROLL for (int b = 0; b < 8; b++)                                                   \
+                s += t[b];                                                                \
         }                                                                                 \
-        if (i + 2 <= nb) {                                                                \
-            QX(zstep)(QX(z##NAME)(w, i), w[i].d, w[i + 1].d, a, i, na, acc);              \
-            i += 2;                                                                       \
+        for (; i < nb; i++) {                                                             \
+            float d = QX(h2f)(w[i].d) * QX(h2f)(a[i].d);                                  \
+            float isum = (float)QX(hsum_i32)(QX(NAME##_int)(w, a, i));                    \
+            if (FMA) {                                                                    \
+                s = QX(fma1)(isum, d, s);                                                       \
+                continue;                                                                 \
+            }                                                                             \
+            float v = d * isum;                                                           \
+            QX_NOFUSE(v);                                                                 \
+            if (HAS_M) {                                                                  \
+                float ms = QX(h2f)(w[i].MF) * QX(h2f)(a[i].SF);                           \
+                QX_NOFUSE(ms);                                                            \
+                v += ms;                                                                  \
+            }                                                                             \
+            s += v;                                                                       \
         }                                                                                 \
-        for (int k = 0; k < na; k++) {                                                    \
-            __m512 t = _mm512_add_ps(acc[k], accb[k]);                                    \
-            out[k] = QX(hsum)(_mm256_add_ps(_mm512_castps512_ps256(t),                    \
-                                            _mm512_extractf32x8_ps(t, 1)));               \
-        }                                                                                 \
-        if (i < nb) { /* odd last block */                                                \
-            __m256 t[4];                                                                  \
-            for (int k = 0; k < na; k++)                                                  \
-                t[k] = _mm256_setzero_ps();                                               \
-            QX(NAME##_step)(w, a, i, na, t);                                              \
-            for (int k = 0; k < na; k++)                                                  \
-                out[k] += QX(hsum)(t[k]);                                                 \
-        }                                                                                 \
+        return s;                                                                         \
     }                                                                                     \
-    static QX_TARGET float QX(NAME##_zdot)(int64_t n, const void *w, const void *a)       \
+    static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
     {                                                                                     \
-        const void *av[1] = {a};                                                          \
-        float o;                                                                          \
-        QX(NAME##_zrows)(n, w, av, 1, &o);                                                \
-        return o;                                                                         \
+        return QX(NAME##_row)(n, w, a);                                                   \
     }                                                                                     \
-    static QX_TARGET void QX(NAME##_zdot4)(int64_t n, const void *w, const void *const a[4], \
-                                           float out[4])                                  \
+    static QX_TARGET void QX(NAME##_dot4)(int64_t n, const void *w, const void *const a[4], \
+                                          float out[4])                                   \
     {                                                                                     \
-        QX(NAME##_zrows)(n, w, a, 4, out);                                                \
+        QX_UNROLL for (int k = 0; k < 4; k++)                                                       \
+            out[k] = QX(NAME##_row)(n, w, a[k]);                                          \
     }
 
-QX_ZDRIVER(q8_0, blk_q8_0)
-QX_ZDRIVER(q4_0, blk_q4_0)
-#undef QX_ZDRIVER
-
-/* four consecutive weight rows against one activation row (decode): saves
- * the indirect calls; each row goes through exactly the code of the single
- * dot so results are bit-identical. (The rows are read one after the
- * other: interleaving four row streams was measured 2.5x slower from DRAM.) */
-#define QX_ZDRIVER_R4(NAME, WT)                                                           \
-    static QX_TARGET void QX(NAME##_zdotr4)(int64_t n, const void *wv, size_t wstride,    \
-                                            const void *av, float out[4])                 \
-    {                                                                                     \
-        const void *a[1] = {av};                                                          \
-        for (int r = 0; r < 4; r++)                                                       \
-            QX(NAME##_zrows)(n, (const uint8_t *)wv + (size_t)r * wstride, a, 1, &out[r]); \
+/* q8_0: 8-lane FMA accumulation, one accumulator per activation row */
+static inline QX_ALWAYS QX_TARGET void QX(q8_0_rows)(int64_t n, const void *wv,
+                                                     const void *const *av, int na,
+                                                     float *out)
+{
+    const blk_q8_0 *w = wv;
+    const blk_q8_0 *a[4] = {0};
+    __m256 acc[4];
+    QX_UNROLL for (int k = 0; k < na; k++) {
+        a[k] = av[k];
+        acc[k] = _mm256_setzero_ps();
     }
+    int64_t nb = n / QK32;
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i q = QX(load256)(w[i].qs), aq = _mm256_sign_epi8(q, q);
+        float dw = QX(h2f)(w[i].d);
+        QX_UNROLL for (int k = 0; k < na; k++) {
+            __m256i p = DPBUSD(_mm256_setzero_si256(), aq,
+                               _mm256_sign_epi8(QX(load256)(a[k][i].qs), q));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * QX(h2f)(a[k][i].d)),
+                                     _mm256_cvtepi32_ps(p), acc[k]);
+        }
+    }
+    QX_UNROLL for (int k = 0; k < na; k++)
+        out[k] = QX(hsum)(acc[k]);
+}
 
-QX_ZDRIVER_R4(q8_0, blk_q8_0)
-QX_ZDRIVER_R4(q4_0, blk_q4_0)
-#undef QX_ZDRIVER_R4
-#endif
+static QX_TARGET float QX(q8_0_dot)(int64_t n, const void *w, const void *a)
+{
+    const void *av[1] = {a};
+    float o;
+    QX(q8_0_rows)(n, w, av, 1, &o);
+    return o;
+}
+
+static QX_TARGET void QX(q8_0_dot4)(int64_t n, const void *w, const void *const a[4],
+                                    float out[4])
+{
+    QX(q8_0_rows)(n, w, a, 4, out);
+}
+
+/* MF, SF: the weight's m and the activation's s fields (HAS_M only; the
+ * others name d, never read) */
+QX_SDRIVER(q8_1, blk_q8_1, blk_q8_1, 0, 0, d, d)
+QX_SDRIVER(q4_0, blk_q4_0, blk_q8_0, 0, 1, d, d)
+QX_SDRIVER(q5_0, blk_q5_0, blk_q8_0, 0, 0, d, d)
+QX_SDRIVER(q4_1, blk_q4_1, blk_q8_1, 1, 0, m, s)
+QX_SDRIVER(q5_1, blk_q5_1, blk_q8_1, 1, 0, m, s)
+
 
 
 /* ---- k-quants against q8_k ---------------------------------------------------- */
@@ -419,7 +454,7 @@ static inline QX_ALWAYS QX_TARGET void QX(kfinish)(const blk_q8_k **a, int64_t i
                                                    float d, float dmin, const __m256i *isum,
                                                    const __m256i *msum, __m256 *acc)
 {
-    for (int k = 0; k < na; k++) {
+    QX_UNROLL for (int k = 0; k < na; k++) {
         float d8 = a[k][i].d;
         acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * d), _mm256_cvtepi32_ps(isum[k]), acc[k]);
         if (msum)
@@ -452,27 +487,27 @@ static inline QX_ALWAYS QX_TARGET __m128i QX(k4_unpack)(const uint8_t *s)
 }
 
 /* q4_k / q5_k share everything but the 5th bit */
-static inline QX_ALWAYS QX_TARGET void QX(k45_step)(const uint8_t *scales, uint16_t dh,
-                                                    uint16_t dminh, const uint8_t *qs,
-                                                    const uint8_t *qh, const blk_q8_k **a,
-                                                    int64_t i, int na, __m256 *acc)
+/* q4_k / q5_k / q6_k: integer lanes in the reference order. lanes[k] lane l
+ * = sum over the 32-element chunks of scale * q * a for the chunk's
+ * elements 4l..4l+3 (q6_k: q - 32); imin[k] = sum of m * bsums (q4_k,
+ * q5_k). Exact integers; the float part is applied by the driver. */
+static inline QX_ALWAYS QX_TARGET void QX(k45_kl)(const uint8_t *scales, const uint8_t *qs,
+                                                  const uint8_t *qh, const blk_q8_k **a,
+                                                  int64_t i, int na, __m256i *lanes, int *imin)
 {
-    /* unpack the 8 scales and 8 mins (6 bits each) with 32-bit masks:
-     * u bytes 0..7 = scales, 8..15 = mins (as quant_k4_scale_min) */
-    __m128i sm = QX(k4_unpack)(scales);
+    __m128i sm = QX(k4_unpack)(scales); /* 8 scales, 8 mins */
     uint8_t sc[16];
     _mm_storeu_si128((__m128i *)sc, sm);
     /* mins per 16-element bsum group: group g of 32 covers bsums 2g, 2g+1 */
     __m128i m8 = _mm_srli_si128(sm, 8);
     __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    __m256i isum[4], msum[4];
-    for (int k = 0; k < na; k++) {
-        isum[k] = _mm256_setzero_si256();
-        msum[k] = _mm256_madd_epi16(QX(bsums)(&a[k][i]), m16);
+    QX_UNROLL for (int k = 0; k < na; k++) {
+        lanes[k] = _mm256_setzero_si256();
+        imin[k] = QX(hsum_i32)(_mm256_madd_epi16(QX(bsums)(&a[k][i]), m16));
     }
     const __m256i m4 = _mm256_set1_epi8(0xF), b4 = _mm256_set1_epi8(0x10);
     __m256i hb = qh ? QX(load256)(qh) : _mm256_setzero_si256();
-    for (int j = 0; j < 4; j++) {
+    QX_UNROLL for (int j = 0; j < 4; j++) {
         __m256i raw = QX(load256)(qs + 32 * j);
         __m256i lo = _mm256_and_si256(raw, m4);
         __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
@@ -482,39 +517,37 @@ static inline QX_ALWAYS QX_TARGET void QX(k45_step)(const uint8_t *scales, uint1
             hb = _mm256_srli_epi16(hb, 2);
         }
         __m256i s1 = _mm256_set1_epi16(sc[2 * j]), s2 = _mm256_set1_epi16(sc[2 * j + 1]);
-        for (int k = 0; k < na; k++) {
+        QX_UNROLL for (int k = 0; k < na; k++) {
             const int8_t *q8 = a[k][i].qs + 64 * j;
-            isum[k] = DPWSSD(isum[k], _mm256_maddubs_epi16(lo, QX(load256)(q8)), s1);
-            isum[k] = DPWSSD(isum[k], _mm256_maddubs_epi16(hi, QX(load256)(q8 + 32)), s2);
+            lanes[k] = DPWSSD(lanes[k], _mm256_maddubs_epi16(lo, QX(load256)(q8)), s1);
+            lanes[k] = DPWSSD(lanes[k], _mm256_maddubs_epi16(hi, QX(load256)(q8 + 32)), s2);
         }
     }
-    QX(kfinish)(a, i, na, QX(h2f)(dh), QX(h2f)(dminh), isum, msum, acc);
 }
 
-static inline QX_ALWAYS QX_TARGET void QX(q4_k_step)(const blk_q4_k *w, const blk_q8_k **a,
-                                                     int64_t i, int na, __m256 *acc)
+static inline QX_ALWAYS QX_TARGET void QX(q4_k_kl)(const blk_q4_k *w, const blk_q8_k **a,
+                                                   int64_t i, int na, __m256i *lanes, int *imin)
 {
-    QX(k45_step)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, NULL, a, i, na, acc);
+    QX(k45_kl)(w[i].scales, w[i].qs, NULL, a, i, na, lanes, imin);
 }
 
-static inline QX_ALWAYS QX_TARGET void QX(q5_k_step)(const blk_q5_k *w, const blk_q8_k **a,
-                                                     int64_t i, int na, __m256 *acc)
+static inline QX_ALWAYS QX_TARGET void QX(q5_k_kl)(const blk_q5_k *w, const blk_q8_k **a,
+                                                   int64_t i, int na, __m256i *lanes, int *imin)
 {
-    QX(k45_step)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, w[i].qh, a, i, na, acc);
+    QX(k45_kl)(w[i].scales, w[i].qs, w[i].qh, a, i, na, lanes, imin);
 }
 
-static inline QX_ALWAYS QX_TARGET void QX(q6_k_step)(const blk_q6_k *w, const blk_q8_k **a,
-                                                     int64_t i, int na, __m256 *acc)
+static inline QX_ALWAYS QX_TARGET void QX(q6_k_kl)(const blk_q6_k *w, const blk_q8_k **a,
+                                                   int64_t i, int na, __m256i *lanes, int *imin)
 {
     const blk_q6_k *b = &w[i];
-    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
-    __m256i isum[4];
-    for (int k = 0; k < na; k++) /* -32 * sum_g sc[g] * bsums[g] */
-        isum[k] = _mm256_slli_epi32(
-            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(QX(bsums)(&a[k][i]), sc16)),
-            5);
     const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
-    for (int h = 0; h < 2; h++) {
+    const __m256i k32 = _mm256_set1_epi8(32);
+    QX_UNROLL for (int k = 0; k < na; k++) {
+        lanes[k] = _mm256_setzero_si256();
+        imin[k] = 0;
+    }
+    QX_UNROLL for (int h = 0; h < 2; h++) {
         __m256i qa = QX(load256)(b->ql + 64 * h), qb = QX(load256)(b->ql + 64 * h + 32);
         __m256i qh = QX(load256)(b->qh + 32 * h);
         __m256i q[4];
@@ -526,16 +559,18 @@ static inline QX_ALWAYS QX_TARGET void QX(q6_k_step)(const blk_q6_k *w, const bl
                                _mm256_and_si256(qh, m30));
         q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-        for (int t = 0; t < 4; t++) {
+        QX_UNROLL for (int t = 0; t < 4; t++) {
             int g = 8 * h + 2 * t;
             __m256i s = QX(scale2)(b->scales[g], b->scales[g + 1]);
-            for (int k = 0; k < na; k++) {
+            QX_UNROLL for (int k = 0; k < na; k++) {
                 __m256i a8 = QX(load256)(a[k][i].qs + 128 * h + 32 * t);
-                isum[k] = DPWSSD(isum[k], _mm256_maddubs_epi16(q[t], a8), s);
+                /* pairs of (q - 32) * a, lane-local like the reference */
+                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[t], a8),
+                                             _mm256_maddubs_epi16(k32, a8));
+                lanes[k] = DPWSSD(lanes[k], p, s);
             }
         }
     }
-    QX(kfinish)(a, i, na, QX(h2f)(b->d), 0.0f, isum, NULL, acc);
 }
 
 static inline QX_ALWAYS QX_TARGET void QX(q2_k_step)(const blk_q2_k *w, const blk_q8_k **a,
@@ -545,19 +580,19 @@ static inline QX_ALWAYS QX_TARGET void QX(q2_k_step)(const blk_q2_k *w, const bl
     __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
     __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0xF)));
     __m256i isum[4], msum[4];
-    for (int k = 0; k < na; k++) {
+    QX_UNROLL for (int k = 0; k < na; k++) {
         isum[k] = _mm256_setzero_si256();
         msum[k] = _mm256_madd_epi16(QX(bsums)(&a[k][i]), m16);
     }
     const __m256i m3 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) {
+    QX_UNROLL for (int h = 0; h < 2; h++) {
         __m256i r = QX(load256)(b->qs + 32 * h);
-        for (int j = 0; j < 4; j++) {
+        QX_UNROLL for (int j = 0; j < 4; j++) {
             __m256i q = _mm256_and_si256(r, m3);
             r = _mm256_srli_epi16(r, 2);
             int g = 8 * h + 2 * j;
             __m256i s = QX(scale2)(b->scales[g] & 0xF, b->scales[g + 1] & 0xF);
-            for (int k = 0; k < na; k++) {
+            QX_UNROLL for (int k = 0; k < na; k++) {
                 __m256i a8 = QX(load256)(a[k][i].qs + 128 * h + 32 * j);
                 isum[k] = DPWSSD(isum[k], _mm256_maddubs_epi16(q, a8), s);
             }
@@ -574,22 +609,22 @@ static inline QX_ALWAYS QX_TARGET void QX(q3_k_step)(const blk_q3_k *w, const bl
     quant_k3_scales(b->scales, sc);
     __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
     __m256i isum[4];
-    for (int k = 0; k < na; k++) /* -4 * sum_g sc[g] * bsums[g] */
+    QX_UNROLL for (int k = 0; k < na; k++) /* -4 * sum_g sc[g] * bsums[g] */
         isum[k] = _mm256_slli_epi32(
             _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(QX(bsums)(&a[k][i]), sc16)),
             2);
     const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     __m256i hm = QX(load256)(b->hmask);
-    for (int h = 0; h < 2; h++) {
+    QX_UNROLL for (int h = 0; h < 2; h++) {
         __m256i r = QX(load256)(b->qs + 32 * h);
-        for (int j = 0; j < 4; j++) {
+        QX_UNROLL for (int j = 0; j < 4; j++) {
             __m256i hb = _mm256_slli_epi16(_mm256_and_si256(hm, one), 2);
             __m256i q = _mm256_or_si256(_mm256_and_si256(r, m3), hb);
             r = _mm256_srli_epi16(r, 2);
             hm = _mm256_srli_epi16(hm, 1);
             int g = 8 * h + 2 * j;
             __m256i s = QX(scale2)(sc[g], sc[g + 1]);
-            for (int k = 0; k < na; k++) {
+            QX_UNROLL for (int k = 0; k < na; k++) {
                 __m256i a8 = QX(load256)(a[k][i].qs + 128 * h + 32 * j);
                 isum[k] = DPWSSD(isum[k], _mm256_maddubs_epi16(q, a8), s);
             }
@@ -602,176 +637,80 @@ static inline QX_ALWAYS QX_TARGET void QX(q8_k_step)(const blk_q8_k *w, const bl
                                                      int64_t i, int na, __m256 *acc)
 {
     __m256i isum[4];
-    for (int k = 0; k < na; k++)
+    QX_UNROLL for (int k = 0; k < na; k++)
         isum[k] = _mm256_setzero_si256();
     for (int c = 0; c < 8; c++) {
         __m256i q = QX(load256)(w[i].qs + 32 * c), aq = _mm256_sign_epi8(q, q);
-        for (int k = 0; k < na; k++)
+        QX_UNROLL for (int k = 0; k < na; k++)
             isum[k] = DPBUSD(isum[k], aq, _mm256_sign_epi8(QX(load256)(a[k][i].qs + 32 * c), q));
     }
-    for (int k = 0; k < na; k++)
+    QX_UNROLL for (int k = 0; k < na; k++)
         acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(w[i].d * a[k][i].d), _mm256_cvtepi32_ps(isum[k]),
                                  acc[k]);
 }
 
 QX_DRIVER(q2_k, blk_q2_k, blk_q8_k, QK_K)
 QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
-QX_DRIVER(q4_k, blk_q4_k, blk_q8_k, QK_K)
-QX_DRIVER(q5_k, blk_q5_k, blk_q8_k, QK_K)
-QX_DRIVER(q6_k, blk_q6_k, blk_q8_k, QK_K)
-QX_DRIVER(q8_k, blk_q8_k, blk_q8_k, QK_K)
-
-#if QX_PASS == 2
-/* 512-bit k-quant kernels: 64 weights per zmm (two groups of 32 for
- * q4_k/q5_k, four groups of 16 for q6_k); group scales applied to the int16
- * pair sums of vpmaddubsw with vpdpwssd, the scale vector picked from the
- * block's scales with one vpermw. */
-
-static inline QX_ALWAYS QX_TARGET __m512i QX(zjoin)(__m256i lo, __m256i hi)
-{
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-/* acc[k] += d8*d*isum[k] - d8*dmin*msum[k] (msum: 8 int32 lanes) */
-static inline QX_ALWAYS QX_TARGET void QX(kzfinish)(const blk_q8_k **a, int64_t i, int na,
-                                                    float d, float dmin, const __m512i *isum,
-                                                    const __m256i *msum, __m512 *acc)
-{
-    for (int k = 0; k < na; k++) {
-        float d8 = a[k][i].d;
-        __m512 v = _mm512_cvtepi32_ps(isum[k]);
-        if (msum) {
-            __m256 m = _mm256_mul_ps(_mm256_set1_ps(-d8 * dmin), _mm256_cvtepi32_ps(msum[k]));
-            acc[k] = _mm512_add_ps(acc[k], _mm512_zextps256_ps512(m));
-        }
-        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(d8 * d), v, acc[k]);
-    }
-}
-
-static inline QX_ALWAYS QX_TARGET void QX(k45_zstep)(const uint8_t *scales, uint16_t dh,
-                                                     uint16_t dminh, const uint8_t *qs,
-                                                     const uint8_t *qh, const blk_q8_k **a,
-                                                     int64_t i, int na, __m512 *acc)
-{
-    __m128i sm = QX(k4_unpack)(scales); /* 8 scales, 8 mins */
-    __m512i sc16 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm));
-    __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_srli_si128(sm, 8), _mm_srli_si128(sm, 8)));
-    __m512i isum[4];
-    __m256i msum[4];
-    for (int k = 0; k < na; k++) {
-        isum[k] = _mm512_setzero_si512();
-        msum[k] = _mm256_madd_epi16(QX(bsums)(&a[k][i]), m16);
-    }
-    const __m512i m4 = _mm512_set1_epi8(0xF), b4 = _mm512_set1_epi8(0x10);
-    __m512i hb = _mm512_setzero_si512();
-    if (qh) {
-        __m256i h = QX(load256)(qh);
-        hb = QX(zjoin)(h, _mm256_srli_epi16(h, 1));
-    }
-    for (int j = 0; j < 4; j++) {
-        __m256i raw = QX(load256)(qs + 32 * j);
-        __m512i q = _mm512_and_si512(QX(zjoin)(raw, _mm256_srli_epi16(raw, 4)), m4);
-        if (qh) {
-            q = _mm512_or_si512(q, _mm512_and_si512(_mm512_slli_epi16(hb, 4), b4));
-            hb = _mm512_srli_epi16(hb, 2);
-        }
-        __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)),
-                                         _mm256_set1_epi16((short)(2 * j + 1)), 1);
-        __m512i s = _mm512_permutexvar_epi16(idx, sc16);
-        for (int k = 0; k < na; k++) {
-            __m512i a8 = _mm512_loadu_si512((const void *)(a[k][i].qs + 64 * j));
-            isum[k] = _mm512_dpwssd_epi32(isum[k], _mm512_maddubs_epi16(q, a8), s);
-        }
-    }
-    QX(kzfinish)(a, i, na, QX(h2f)(dh), QX(h2f)(dminh), isum, msum, acc);
-}
-
-static inline QX_ALWAYS QX_TARGET void QX(q4_k_zstep)(const blk_q4_k *w, const blk_q8_k **a,
-                                                      int64_t i, int na, __m512 *acc)
-{
-    QX(k45_zstep)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, NULL, a, i, na, acc);
-}
-
-static inline QX_ALWAYS QX_TARGET void QX(q5_k_zstep)(const blk_q5_k *w, const blk_q8_k **a,
-                                                      int64_t i, int na, __m512 *acc)
-{
-    QX(k45_zstep)(w[i].scales, w[i].d, w[i].dmin, w[i].qs, w[i].qh, a, i, na, acc);
-}
-
-static inline QX_ALWAYS QX_TARGET void QX(q6_k_zstep)(const blk_q6_k *w, const blk_q8_k **a,
-                                                      int64_t i, int na, __m512 *acc)
-{
-    const blk_q6_k *b = &w[i];
-    __m256i sc16y = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
-    __m512i sc16 = _mm512_castsi256_si512(sc16y);
-    __m512i isum[4];
-    for (int k = 0; k < na; k++) /* -32 * sum_g sc[g] * bsums[g] */
-        isum[k] = _mm512_zextsi256_si512(_mm256_slli_epi32(
-            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(QX(bsums)(&a[k][i]), sc16y)),
-            5));
-    const __m512i m4 = _mm512_set1_epi8(0xF), m30 = _mm512_set1_epi8(0x30);
-    for (int h = 0; h < 2; h++) {
-        __m512i l = QX(zjoin)(QX(load256)(b->ql + 64 * h), QX(load256)(b->ql + 64 * h + 32));
-        __m256i qh = QX(load256)(b->qh + 32 * h);
-        __m512i hh = QX(zjoin)(qh, _mm256_srli_epi16(qh, 2));
-        __m512i q[2];
-        q[0] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_slli_epi16(hh, 4), m30));
-        q[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(hh, m30));
-        for (int t = 0; t < 2; t++) {
-            int g = 8 * h + 4 * t; /* groups g..g+3, 8 int16 lanes each */
-            __m512i idx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16((short)(g + 1)),
-                                                        _mm_set1_epi16((short)g))),
-                _mm256_set_m128i(_mm_set1_epi16((short)(g + 3)), _mm_set1_epi16((short)(g + 2))), 1);
-            __m512i s = _mm512_permutexvar_epi16(idx, sc16);
-            for (int k = 0; k < na; k++) {
-                __m512i a8 = _mm512_loadu_si512((const void *)(a[k][i].qs + 128 * h + 64 * t));
-                isum[k] = _mm512_dpwssd_epi32(isum[k], _mm512_maddubs_epi16(q[t], a8), s);
-            }
-        }
-    }
-    QX(kzfinish)(a, i, na, QX(h2f)(b->d), 0.0f, isum, NULL, acc);
-}
-
-#define QX_KZDRIVER(NAME, WT)                                                             \
-    static inline QX_ALWAYS QX_TARGET void QX(NAME##_kzrows)(                            \
+/* float part of q4_k / q5_k / q6_k, in the reference order (quant.c):
+ *   MODE 6: acc = fma(d8*dw, lanes, acc) per block; hsum8
+ *   MODE 5: as 6, plus summs = fma(-d8*dmin, imin, summs); hsum8 + summs
+ *   MODE 4: acc = fma(sum lanes, dw*d8, acc), accm = fma(imin, dmin*d8,
+ *           accm) per block; acc - accm */
+#define QX_KLDRIVER(NAME, KL, WT, MODE, DMINF)                                                 \
+    static inline QX_ALWAYS QX_TARGET void QX(NAME##_rows)(                              \
         int64_t n, const void *wv, const void *const *av, int na, float *out)             \
     {                                                                                     \
         const WT *w = wv;                                                                 \
         const blk_q8_k *a[4] = {0};                                                       \
-        __m512 acc[4], accb[4];                                                           \
-        for (int k = 0; k < na; k++) {                                                    \
+        __m256 acc[4];                                                                    \
+        float s0[4], s1[4];                                                               \
+        QX_UNROLL for (int k = 0; k < na; k++) {                                                    \
             a[k] = av[k];                                                                 \
-            acc[k] = accb[k] = _mm512_setzero_ps();                                       \
+            acc[k] = _mm256_setzero_ps();                                                 \
+            s0[k] = s1[k] = 0.0f;                                                         \
         }                                                                                 \
-        int64_t nb = n / QK_K, i = 0;                                                     \
-        for (; i + 2 <= nb; i += 2) {                                                     \
-            QX(NAME##_zstep)(w, a, i, na, acc);                                           \
-            QX(NAME##_zstep)(w, a, i + 1, na, accb);                                      \
+        int64_t nb = n / QK_K;                                                            \
+        for (int64_t i = 0; i < nb; i++) {                                                \
+            __m256i lanes[4];                                                             \
+            int imin[4];                                                                  \
+            QX(KL)(w, a, i, na, lanes, imin);                                             \
+            float dw = QX(h2f)(w[i].d);                                                   \
+            QX_UNROLL for (int k = 0; k < na; k++) {                                                \
+                float d8 = a[k][i].d;                                                     \
+                if (MODE == 4) {                                                          \
+                    float dmin = QX(h2f)(w[i].DMINF);                                     \
+                    s0[k] = QX(fma1)((float)QX(hsum_i32)(lanes[k]), dw * d8, s0[k]);      \
+                    s1[k] = QX(fma1)((float)imin[k], dmin * d8, s1[k]);                   \
+                    continue;                                                             \
+                }                                                                         \
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw), _mm256_cvtepi32_ps(lanes[k]), \
+                                         acc[k]);                                         \
+                if (MODE == 5)                                                            \
+                    s0[k] = QX(fma1)(-d8 * QX(h2f)(w[i].DMINF), (float)imin[k], s0[k]);    \
+            }                                                                             \
         }                                                                                 \
-        if (i < nb)                                                                       \
-            QX(NAME##_zstep)(w, a, i, na, acc);                                           \
-        for (int k = 0; k < na; k++)                                                      \
-            out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], accb[k]));                \
+        QX_UNROLL for (int k = 0; k < na; k++)                                                      \
+            out[k] = MODE == 4 ? s0[k] - s1[k] : QX(hsum)(acc[k]) + s0[k];                \
     }                                                                                     \
-    static QX_TARGET float QX(NAME##_kzdot)(int64_t n, const void *w, const void *a)      \
+    static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
     {                                                                                     \
         const void *av[1] = {a};                                                          \
         float o;                                                                          \
-        QX(NAME##_kzrows)(n, w, av, 1, &o);                                               \
+        QX(NAME##_rows)(n, w, av, 1, &o);                                                 \
         return o;                                                                         \
     }                                                                                     \
-    static QX_TARGET void QX(NAME##_kzdot4)(int64_t n, const void *w, const void *const a[4], \
-                                            float out[4])                                 \
+    static QX_TARGET void QX(NAME##_dot4)(int64_t n, const void *w, const void *const a[4], \
+                                          float out[4])                                   \
     {                                                                                     \
-        QX(NAME##_kzrows)(n, w, a, 4, out);                                               \
+        QX(NAME##_rows)(n, w, a, 4, out);                                                 \
     }
 
-QX_KZDRIVER(q4_k, blk_q4_k)
-QX_KZDRIVER(q5_k, blk_q5_k)
-QX_KZDRIVER(q6_k, blk_q6_k)
-#undef QX_KZDRIVER
-#endif
+/* DMINF: the dmin field (q6_k has none and passes d: MODE 6 never reads it) */
+QX_KLDRIVER(q4_k, q4_k_kl, blk_q4_k, 4, dmin)
+QX_KLDRIVER(q5_k, q5_k_kl, blk_q5_k, 5, dmin)
+QX_KLDRIVER(q6_k, q6_k_kl, blk_q6_k, 6, d)
+QX_DRIVER(q8_k, blk_q8_k, blk_q8_k, QK_K)
+
 
 /* ---- quantizers of the activation types ------------------------------------ */
 
@@ -941,20 +880,6 @@ static void QX(fill)(quant_kernels *ks)
     QX_SET(MOE_TYPE_Q6_K, q6_k)
     QX_SET(MOE_TYPE_Q8_K, q8_k)
 #undef QX_SET
-#if QX_PASS == 2
-    ks->dot[MOE_TYPE_Q8_0] = QX(q8_0_zdot);
-    ks->dot4[MOE_TYPE_Q8_0] = QX(q8_0_zdot4);
-    ks->dot[MOE_TYPE_Q4_0] = QX(q4_0_zdot);
-    ks->dot4[MOE_TYPE_Q4_0] = QX(q4_0_zdot4);
-    ks->dotr4[MOE_TYPE_Q8_0] = QX(q8_0_zdotr4);
-    ks->dotr4[MOE_TYPE_Q4_0] = QX(q4_0_zdotr4);
-    ks->dot[MOE_TYPE_Q4_K] = QX(q4_k_kzdot);
-    ks->dot4[MOE_TYPE_Q4_K] = QX(q4_k_kzdot4);
-    ks->dot[MOE_TYPE_Q5_K] = QX(q5_k_kzdot);
-    ks->dot4[MOE_TYPE_Q5_K] = QX(q5_k_kzdot4);
-    ks->dot[MOE_TYPE_Q6_K] = QX(q6_k_kzdot);
-    ks->dot4[MOE_TYPE_Q6_K] = QX(q6_k_kzdot4);
-#endif
     ks->quantize[MOE_TYPE_Q8_0] = QX(quant_q8_0);
     ks->quantize[MOE_TYPE_Q8_1] = QX(quant_q8_1);
     ks->quantize[MOE_TYPE_Q8_K] = QX(quant_q8_k);
@@ -965,10 +890,12 @@ static void QX(fill)(quant_kernels *ks)
 #undef DPBUSD
 #undef DPWSSD
 #undef QX_DRIVER
+#undef QX_KLDRIVER
+#undef QX_SDRIVER
 #undef QX_FLOAT_STEP
 #undef QX_FLOAT_DOTS
-#undef QX_SIGNED_STEP
-#undef QX_UNSIGNED_STEP
+#undef QX_SIGNED_INT
+#undef QX_UNSIGNED_INT
 
 #endif /* QX_PASS */
 

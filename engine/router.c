@@ -68,7 +68,7 @@ void model_route(const model_hparams *hp, const float *logits, float *probs, int
 
 /* ---- router lab state --------------------------------------------------- */
 
-enum { ROUTE_FREE = 0, ROUTE_BAN = 1, ROUTE_FORCE = 2 };
+enum { ROUTE_FREE = 0, ROUTE_BAN = 1, ROUTE_FORCE = 2, ROUTE_MODE_COUNT };
 
 /* A sort key: token t (and expert e) ordered by key, descending. */
 typedef struct {

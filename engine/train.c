@@ -256,6 +256,8 @@ moe_status moe_trainer_new(const moe_train_config *cfg, const char *vocab_path,
         return moe_fail(MOE_ERR_NOMEM, "train: out of memory");
     t->cfg = *cfg;
     t->cfg.name = NULL;
+    if (cfg->name && (st = moe_trainer_set_name(t, cfg->name)) != MOE_OK)
+        goto fail;
     if ((st = gguf_open(vocab_path, &t->src)) != MOE_OK ||
         (st = tok_load(t->src, &t->vocab)) != MOE_OK)
         goto fail;
@@ -292,6 +294,7 @@ void moe_trainer_free(moe_trainer *t)
         return;
     train_free_bufs(t);
     layout_free(t);
+    free(t->name);
     if (t->src_model) {
         moe_model_free(t->src_model);
     } else {
@@ -350,12 +353,13 @@ moe_status moe_trainer_load(const char *path, moe_trainer **out)
         }
     }
     t = trainer_alloc();
+    if (t)
+        t->src_model = m; /* freed with t from here on */
     lm = calloc((size_t)hp->n_layer, sizeof *lm);
     if (!t || !lm) {
         st = moe_fail(MOE_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
-    t->src_model = m;
     t->src = m->gguf;
     t->vocab = m->vocab;
     t->src_is_model = true;
@@ -431,6 +435,25 @@ fail:
 void moe_trainer_get_config(const moe_trainer *t, moe_train_config *out)
 {
     *out = t->cfg;
+}
+
+moe_status moe_trainer_set_name(moe_trainer *t, const char *name)
+{
+    char *d = NULL;
+    if (name) {
+        size_t n = strlen(name) + 1;
+        if (!(d = malloc(n)))
+            return moe_fail(MOE_ERR_NOMEM, "train: out of memory");
+        memcpy(d, name, n);
+    }
+    free(t->name);
+    t->name = d;
+    return MOE_OK;
+}
+
+void moe_trainer_get_params(const moe_trainer *t, moe_train_params *out)
+{
+    *out = t->par;
 }
 
 moe_status moe_trainer_set_params(moe_trainer *t, const moe_train_params *p)
@@ -539,10 +562,14 @@ moe_status moe_trainer_set_trainable(moe_trainer *t, const char *spec)
     char buf[256];
     const char *p = spec;
     moe_status st = MOE_OK;
+    uint8_t *prev;
     if (!spec || !*spec || strcmp(spec, "all") == 0) {
         memset(t->mask, 1, t->n_params);
         return MOE_OK;
     }
+    if (!(prev = malloc(t->n_params)))
+        return moe_fail(MOE_ERR_NOMEM, "train: out of memory");
+    memcpy(prev, t->mask, t->n_params);
     memset(t->mask, 0, t->n_params);
     while (*p) {
         size_t n = strcspn(p, ",");
@@ -597,7 +624,8 @@ moe_status moe_trainer_set_trainable(moe_trainer *t, const char *spec)
         }
     }
     if (st != MOE_OK)
-        memset(t->mask, 1, t->n_params);
+        memcpy(t->mask, prev, t->n_params); /* unchanged on error */
+    free(prev);
     return st;
 }
 
@@ -901,8 +929,8 @@ static moe_status set_hparams(moe_trainer *t, gguf_writer *w)
             return st;                                                          \
     } while (0)
     CK(gguf_writer_set_str(w, "general.architecture", "llama"));
-    if (t->cfg.name || !gguf_get_str(t->src, "general.name") || !t->src_is_model)
-        CK(gguf_writer_set_str(w, "general.name", t->cfg.name ? t->cfg.name : "moe-studio"));
+    if (t->name || !t->src_is_model || !gguf_get_str(t->src, "general.name"))
+        CK(gguf_writer_set_str(w, "general.name", t->name ? t->name : "moe-studio"));
     CK(gguf_writer_set_u32(w, "llama.context_length", (uint32_t)c->n_ctx_train));
     CK(gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)c->n_embd));
     CK(gguf_writer_set_u32(w, "llama.block_count", (uint32_t)c->n_layer));

@@ -695,17 +695,23 @@ double train_pass(moe_trainer *t, const int32_t *tokens, int32_t n_seq, int32_t 
         for (int32_t i = 0; i < T; i++) {
             float *l = t->logits + ((int64_t)s * T + i) * V;
             const int32_t y = tokens[(size_t)s * stride + i + 1];
-            float mx = -INFINITY;
-            double se = 0.0, lse;
+            const float ly = l[y];
+            float mx = -INFINITY, sc;
+            double se = 0.0;
             for (int64_t v = 0; v < V; v++)
                 mx = l[v] > mx ? l[v] : mx;
-            for (int64_t v = 0; v < V; v++)
-                se += exp((double)(l[v] - mx));
-            lse = mx + log(se);
-            loss += lse - l[y];
+            /* exponentials once, kept for the gradient */
+            for (int64_t v = 0; v < V; v++) {
+                const float e = expf(l[v] - mx);
+                se += e;
+                if (grad)
+                    l[v] = e;
+            }
+            loss += (double)mx + log(se) - ly;
             if (grad) {
+                sc = (float)(1.0 / (se * (double)N));
                 for (int64_t v = 0; v < V; v++)
-                    l[v] = (float)(exp((double)l[v] - lse) / (double)N);
+                    l[v] *= sc;
                 l[y] -= 1.0f / (float)N;
             }
         }

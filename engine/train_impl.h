@@ -59,7 +59,8 @@ typedef struct {
 } train_acts;
 
 struct moe_trainer {
-    moe_train_config cfg;
+    moe_train_config cfg;           /* cfg.name unused: see name */
+    char *name;                     /* general.name to write, NULL = keep / default */
     moe_train_params par;
     int32_t n_vocab, n_embd_head;
     /* parameters */

@@ -54,6 +54,9 @@ struct host {
     /* memory */
     size_t mem_used;
     size_t mem_call_cap; /* 0 = none; limit of the current plugin call */
+    int depth;           /* protected calls under way: limits apply only
+                          * inside them, so the host's own bookkeeping
+                          * outside never meets an unprotected error */
     bool mem_hit;
     /* instructions */
     bool instr_on;
@@ -124,7 +127,7 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         h->mem_used -= old;
         return NULL;
     }
-    if (nsize > old) {
+    if (nsize > old && h->depth > 0) {
         const size_t grow = nsize - old;
         if ((h->p.mem_limit && h->mem_used + grow > h->p.mem_limit) ||
             (h->mem_call_cap && h->mem_used + grow > h->mem_call_cap)) {
@@ -152,6 +155,20 @@ static void host_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, host_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "instruction limit exceeded (%I instructions)",
                    (lua_Integer)h->p.plugin_instr_limit);
+    }
+}
+
+void lb_charge(lua_State *L, int64_t tokens)
+{
+    host *h = host_from_lua(L);
+    if (!h || !h->instr_on || tokens <= 0)
+        return;
+    h->instr_left -= tokens * LB_TOKEN_COST;
+    if (h->instr_left <= 0) {
+        h->instr_hit = true;
+        lua_sethook(L, host_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "instruction limit exceeded (%I instructions; engine work counts %d "
+                      "per token)", (lua_Integer)h->p.plugin_instr_limit, LB_TOKEN_COST);
     }
 }
 
@@ -192,6 +209,8 @@ int host_pcall(host *h, int nargs, int nresults, int plugin, const char *what)
     const bool saved_on = h->instr_on;
     const int64_t saved_left = h->instr_left;
     const size_t saved_cap = h->mem_call_cap;
+    /* plugin code, and everything in an untrusted host, runs limited */
+    const bool limited = plugin >= 0 || !h->p.trusted;
     int64_t start_left = 0;
     int st;
 
@@ -201,8 +220,9 @@ int host_pcall(host *h, int nargs, int nresults, int plugin, const char *what)
     }
     lua_pushcfunction(L, host_msgh);
     lua_insert(L, fn);
-    if (plugin >= 0) {
-        h->cur_plugin = plugin;
+    if (limited) {
+        if (plugin >= 0)
+            h->cur_plugin = plugin;
         if (h->p.plugin_instr_limit > 0) {
             int64_t left = h->p.plugin_instr_limit;
             if (saved_on && saved_left < left)
@@ -219,7 +239,9 @@ int host_pcall(host *h, int nargs, int nresults, int plugin, const char *what)
     }
     start_left = h->instr_left;
     h->mem_hit = false;
+    h->depth++;
     st = lua_pcall(L, nargs, nresults, fn);
+    h->depth--;
     lua_remove(L, fn);
 
     if (st != LUA_OK) {
@@ -245,7 +267,7 @@ int host_pcall(host *h, int nargs, int nresults, int plugin, const char *what)
         lua_pop(L, st == LUA_ERRMEM && h->mem_hit ? 2 : 1);
     }
     /* give back the budget consumed here to an enclosing limited call */
-    if (plugin >= 0) {
+    if (limited) {
         const int64_t used = h->instr_on ? start_left - h->instr_left : 0;
         h->instr_on = saved_on;
         h->instr_left = saved_on ? saved_left - used : 0;
@@ -662,6 +684,20 @@ bool host_eval(host *h, const char *line, char **out)
     }
     lua_settop(L, top);
     return true;
+}
+
+bool host_incomplete(host *h, const char *code)
+{
+    lua_State *L = h->L;
+    const int top = lua_gettop(L);
+    bool inc = false;
+    if (luaL_loadbufferx(L, code, strlen(code), "=(lua)", "t") == LUA_ERRSYNTAX) {
+        size_t n;
+        const char *msg = lua_tolstring(L, -1, &n);
+        inc = msg && n >= 5 && strcmp(msg + n - 5, "<eof>") == 0;
+    }
+    lua_settop(L, top);
+    return inc;
 }
 
 /* ---- config and plugins ----------------------------------------------- */
@@ -1463,11 +1499,45 @@ static int lb_ui_headless(lua_State *L)
     return 1;
 }
 
+/* moe.session_export(path) / moe.session_import(path) -> true | nil, msg */
+static int lb_session(lua_State *L, const char *action)
+{
+    host *h = lb_host(L);
+    const char *path = luaL_checkstring(L, 1);
+    char err[512];
+    err[0] = '\0';
+    if (!h->has_ui || !h->ui.session) {
+        lua_pushnil(L);
+        lua_pushstring(L, "sessions need the studio (no session support headless)");
+        return 2;
+    }
+    if (!h->ui.session(h->ui.ud, action, path, err, sizeof err)) {
+        lua_pushnil(L);
+        lua_pushstring(L, err[0] ? err : "session failed");
+        return 2;
+    }
+    host_emit_session(h, action, path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lb_session_export(lua_State *L)
+{
+    return lb_session(L, "export");
+}
+
+static int lb_session_import(lua_State *L)
+{
+    return lb_session(L, "import");
+}
+
 void lb_host_register(lua_State *L, int mod)
 {
     static const luaL_Reg fns[] = {
         {"on", lb_on}, {"off", lb_off}, {"emit", lb_emit}, {"log", lb_log},
-        {"plugins", lb_plugins}, {"limits", lb_limits}, {NULL, NULL}};
+        {"plugins", lb_plugins}, {"limits", lb_limits},
+        {"session_export", lb_session_export}, {"session_import", lb_session_import},
+        {NULL, NULL}};
     static const luaL_Reg ui[] = {
         {"command", lb_ui_command}, {"bind", lb_ui_bind}, {"pane", lb_ui_pane},
         {"pane_set", lb_ui_pane_set}, {"notify", lb_ui_notify},

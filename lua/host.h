@@ -37,8 +37,10 @@ typedef struct {
     /* true: the top-level state gets every standard library (scripts, the
      * REPL, :lua); false: the top level is sandboxed like a plugin. */
     bool trusted;
-    /* Cap on the bytes the whole Lua heap may hold (0 = none). Engine
-     * objects (models, contexts) are not Lua heap and are not counted. */
+    /* Cap on the bytes the whole Lua heap may hold (0 = none), enforced
+     * while Lua code runs (inside host_pcall; the host's own small
+     * allocations between calls are never refused). Engine objects
+     * (models, contexts) are not Lua heap and are not counted. */
     size_t mem_limit;
     /* Per protected call into plugin (sandboxed) code: instructions it may
      * run (0 = unlimited) and bytes by which it may grow the heap (0 =
@@ -63,7 +65,8 @@ host *host_from_lua(lua_State *L);
 /* ---- the studio's side: callbacks the UI implements ------------------
  * Every member may be NULL. With no UI set (headless): log and notify
  * print to stderr / stdout, print() writes to stdout, a pane prints
- * "== title ==" and its text to stdout, progress is a no-op; commands and
+ * "== title ==" and its text to stdout, progress is a no-op, sessions
+ * fail with "nil, msg" (they need the studio); commands and
  * key bindings are still registered and can be run with host_run_command /
  * host_run_key (or moe.ui.run from Lua). */
 typedef struct {
@@ -84,6 +87,12 @@ typedef struct {
     /* A command or key binding was added (for completion, help, key maps). */
     void (*command_added)(void *ud, const char *name, const char *help);
     void (*key_bound)(void *ud, const char *key, const char *help);
+    /* moe.session_export(path) / moe.session_import(path): the studio owns
+     * session files; action is "export" or "import". Return true on
+     * success, else false with a one-line reason in err. The host emits
+     * on_session(action, path) after a success. */
+    bool (*session)(void *ud, const char *action, const char *path, char *err,
+                    size_t err_size);
 } host_ui;
 
 /* Copy the callbacks (NULL: back to headless behaviour). */
@@ -111,6 +120,9 @@ bool host_run_string(host *h, const char *code, const char *chunkname);
  * into *out (malloc'd, caller frees; "" when there are none). On error
  * returns false and *out holds the message (also logged). out may be NULL. */
 bool host_eval(host *h, const char *line, char **out);
+
+/* true when code is an unfinished chunk (a REPL should read more lines). */
+bool host_incomplete(host *h, const char *code);
 
 /* ---- configuration and plugins ---------------------------------------- */
 

@@ -50,6 +50,8 @@ int lb_open_moe(lua_State *L);
 void lb_model_register(lua_State *L, int mod);
 void lb_ctx_register(lua_State *L, int mod);
 void lb_util_register(lua_State *L, int mod);
+void lb_bricks_register(lua_State *L, int mod); /* after lb_model_register */
+void lb_train_register(lua_State *L, int mod);
 /* moe.on/off/emit/log/plugins and moe.ui.* (host.c) */
 void lb_host_register(lua_State *L, int mod);
 
@@ -89,6 +91,12 @@ void lb_push_trace_entry(lua_State *L, const moe_trace_dims *d, const moe_trace_
  * that left early and on_route for their trace entries (only when
  * handlers are registered). */
 void lb_after_decode(lua_State *L, moe_ctx *ctx, int32_t n);
+
+/* Under a plugin's instruction limit, engine work counts too: each token a
+ * binding evaluates costs LB_TOKEN_COST instructions; raises when the
+ * budget is spent (a no-op for trusted code). */
+#define LB_TOKEN_COST 10000
+void lb_charge(lua_State *L, int64_t tokens);
 
 /* host.c: the host of a state, and event dispatch with the arguments on
  * top of the stack (popped); returns handlers run without error. */

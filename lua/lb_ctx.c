@@ -197,6 +197,7 @@ static int lb_ctx_decode(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
+    lb_charge(L, n);
     st = moe_ctx_decode(ctx, toks, n, all);
     if (st != MOE_OK)
         return lb_fail(L, st);
@@ -347,6 +348,7 @@ static int lb_ctx_step(lua_State *L)
     moe_status st;
     if (!l || moe_ctx_pos(ctx) == 0)
         return luaL_error(L, "nothing to continue from: decode a prompt first");
+    lb_charge(L, 1);
     id = moe_sampler_sample(s, l);
     moe_sampler_accept(s, id);
     pos = moe_ctx_pos(ctx);
@@ -420,7 +422,9 @@ static int lb_ctx_generate(lua_State *L)
         int32_t n;
         const int32_t *toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n);
         if (n > 0) {
-            moe_status st = moe_ctx_decode(ctx, toks, n, false);
+            moe_status st;
+            lb_charge(L, n);
+            st = moe_ctx_decode(ctx, toks, n, false);
             if (st != MOE_OK)
                 return lb_fail(L, st);
             lb_after_decode(L, ctx, n);
@@ -442,6 +446,7 @@ static int lb_ctx_generate(lua_State *L)
             reason = "full";
             break;
         }
+        lb_charge(L, 1);
         id = moe_sampler_sample(s, moe_ctx_logits(ctx, -1));
         moe_sampler_accept(s, id);
         if (stop_eos && moe_token_is_eog(model, id)) {
@@ -526,8 +531,29 @@ static int lb_ctx_loglik(lua_State *L)
     }
     if (!keep)
         moe_ctx_truncate(ctx, 0);
-    c_toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n_c);
-    x_toks = lb_tokens_arg(L, 3, model, false, &n_x);
+    if (lua_type(L, 2) == LUA_TSTRING && lua_type(L, 3) == LUA_TSTRING) {
+        /* tokenize the joined text and split it where it stops matching the
+         * context's own tokens, so a continuation is tokenized as the model
+         * would see it after the context (no second space prefix, merges
+         * across the boundary go to the continuation) */
+        int32_t n_j, k = 0;
+        const int32_t *j_toks;
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        lua_concat(L, 2);
+        c_toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n_c);
+        j_toks = lb_tokens_arg(L, -2, model, moe_ctx_pos(ctx) == 0, &n_j);
+        while (k < n_c && k < n_j && c_toks[k] == j_toks[k])
+            k++;
+        c_toks = j_toks;
+        n_c = k;
+        x_toks = j_toks + k;
+        n_x = n_j - k;
+    } else {
+        c_toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n_c);
+        x_toks = lb_tokens_arg(L, 3, model, false, &n_x);
+    }
+    lb_charge(L, (int64_t)n_c + n_x);
     if (n_c > 0) {
         st = moe_ctx_decode(ctx, c_toks, n_c, false);
         if (st != MOE_OK)
@@ -590,6 +616,7 @@ static int lb_ctx_embed(lua_State *L)
     toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n);
     if (n == 0)
         return luaL_error(L, "embed of an empty text");
+    lb_charge(L, n);
     out = lua_newuserdatauv(L, (size_t)info.n_embd * sizeof(float), 0);
     st = moe_ctx_embed(ctx, toks, n, (int32_t)layer, out);
     if (st != MOE_OK)

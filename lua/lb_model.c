@@ -554,6 +554,8 @@ int lb_open_moe(lua_State *L)
     lb_model_register(L, mod);
     lb_ctx_register(L, mod);
     lb_util_register(L, mod);
+    lb_bricks_register(L, mod);
+    lb_train_register(L, mod);
     lb_host_register(L, mod);
     return 1;
 }

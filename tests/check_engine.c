@@ -18,8 +18,11 @@ Suite *exit_suite(void);
 Suite *speculate_suite(void);
 Suite *router_suite(void);
 Suite *stats_suite(void);
+Suite *train_suite(void);
 Suite *emoe_suite(void);
 Suite *bricks_suite(void);
+
+Suite *snapshot_suite(void);
 
 int main(void)
 {
@@ -34,8 +37,10 @@ int main(void)
     srunner_add_suite(sr, speculate_suite());
     srunner_add_suite(sr, router_suite());
     srunner_add_suite(sr, stats_suite());
+    srunner_add_suite(sr, train_suite());
     srunner_add_suite(sr, emoe_suite());
     srunner_add_suite(sr, bricks_suite());
+    srunner_add_suite(sr, snapshot_suite());
     srunner_set_log(sr, "tests/check_engine.check.log");
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,29 @@ static double tol_for(const char *name)
         if (strstr(name, tol_rules[i].pattern))
             return tol_rules[i].tol;
     return 1e-3;
+}
+
+/* Files where we do not reach the issue's tolerance, with the bound we do
+ * reach (measured; see the note on issue 2). Activations are rounded to
+ * 8/16 bits before every matmul, so a 1-ulp difference in the f32
+ * arithmetic before it (the reference's vectorised expf in SiLU, its
+ * kernel's accumulation order) now and then flips a rounding, and random
+ * weights amplify the flip. Logits agree exactly up to the first flip. */
+typedef struct {
+    const char *file;
+    double bound;
+} tol_exception;
+
+static const tol_exception tol_exceptions[] = {
+    {NULL, 0.0},
+};
+
+static double exception_for(const char *name)
+{
+    for (size_t i = 0; tol_exceptions[i].file; i++)
+        if (strcmp(name, tol_exceptions[i].file) == 0)
+            return tol_exceptions[i].bound;
+    return 0.0;
 }
 
 typedef struct {
@@ -78,7 +102,25 @@ typedef struct {
     int greedy_checked;
     int greedy_matched;
     double max_err;
+    int failed_files;      /* files outside their tolerance */
+    char first_failure[512];
 } golden_stats;
+
+/* Record a failure of the current file (first message kept). */
+static void golden_fail(golden_stats *gs, bool *file_failed, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void golden_fail(golden_stats *gs, bool *file_failed, const char *fmt, ...)
+{
+    va_list ap;
+    if (!*file_failed)
+        gs->failed_files++;
+    *file_failed = true;
+    if (gs->first_failure[0])
+        return;
+    va_start(ap, fmt);
+    vsnprintf(gs->first_failure, sizeof gs->first_failure, fmt, ap);
+    va_end(ap);
+}
 
 static void check_one_golden(const char *path, const char *fname, golden_stats *gs)
 {
@@ -93,10 +135,16 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
     int32_t toks[512], n_tok;
     int n_ref;
     double tol = tol_for(fname), max_err = 0.0;
+    const double issue_tol = tol, exc = exception_for(fname);
     bool quant = tol > 1e-3;
+    bool file_failed = false;
+    int first_over = -1; /* first position over the issue's tolerance */
+    int n_g = 0, matched = 0;
     bool real = strstr(fname, "stories260K") != NULL;
     int32_t n_vocab;
 
+    if (exc > 0.0)
+        tol = exc;
     ck_assert_msg(txt != NULL, "cannot read %s", path);
     j = cJSON_Parse(txt);
     ck_assert_msg(j != NULL, "bad JSON in %s", path);
@@ -147,8 +195,12 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
             double err = fabs((double)lg[ref[r].id] - ref[r].logit);
             if (err > max_err)
                 max_err = err;
-            ck_assert_msg(err <= tol, "%s: pos %d token %d logit %.6f, reference %.6f (tol %g)",
-                          fname, p, ref[r].id, lg[ref[r].id], ref[r].logit, tol);
+            if (err > issue_tol && first_over < 0)
+                first_over = p;
+            if (err > tol)
+                golden_fail(gs, &file_failed,
+                            "%s: pos %d token %d logit %.6f, reference %.6f (tol %g)", fname, p,
+                            ref[r].id, lg[ref[r].id], ref[r].logit, tol);
         }
         /* Ranks agree; a swap is allowed only between reference logits that
          * are tied (1e-4) or, for quantized weights, within twice the
@@ -160,9 +212,10 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
                 continue;
             gap = fabs((double)ref[r].logit - (double)lg[ref[r].id]) +
                   fabs((double)ours[r].logit - (double)ref[r].logit);
-            ck_assert_msg(gap <= (quant ? 2 * tol : 1e-4) + tol,
-                          "%s: pos %d rank %d is token %d (%.6f), reference %d (%.6f)", fname, p,
-                          r, ours[r].id, ours[r].logit, ref[r].id, ref[r].logit);
+            if (gap > (quant ? 2 * tol : 1e-4) + tol)
+                golden_fail(gs, &file_failed,
+                            "%s: pos %d rank %d is token %d (%.6f), reference %d (%.6f)", fname,
+                            p, r, ours[r].id, ours[r].logit, ref[r].id, ref[r].logit);
         }
         gs->positions++;
     }
@@ -170,8 +223,8 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
     /* 3. greedy continuation */
     jgreedy = cJSON_GetObjectItem(j, "greedy");
     if (jgreedy) {
-        int n_g = cJSON_GetArraySize(jgreedy), matched = 0;
         bool stop = false;
+        n_g = cJSON_GetArraySize(jgreedy);
         for (int i = 0; i < n_g && !stop; i++) {
             const float *lg = moe_ctx_logits(ctx, -1);
             idlogit best[2];
@@ -181,9 +234,10 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
                 /* A disagreement is acceptable only at a near-tie (random
                  * weights) or for quantized files; never for stories260K. */
                 bool near_tie = best[0].logit - best[1].logit < 1e-3 + 2 * 1e-3;
-                ck_assert_msg(!real && (quant || near_tie),
-                              "%s: greedy step %d gives %d, reference %d (top-2 gap %.6f)",
-                              fname, i, best[0].id, ref_id, best[0].logit - best[1].logit);
+                if (real || !(quant || near_tie))
+                    golden_fail(gs, &file_failed,
+                                "%s: greedy step %d gives %d, reference %d (top-2 gap %.6f)",
+                                fname, i, best[0].id, ref_id, best[0].logit - best[1].logit);
                 break;
             }
             if (!real && !quant && best[0].logit - best[1].logit < 1e-3)
@@ -191,13 +245,20 @@ static void check_one_golden(const char *path, const char *fname, golden_stats *
             matched++;
             ck_assert(moe_ctx_decode(ctx, &best[0].id, 1, false) == MOE_OK);
         }
-        if (real)
-            ck_assert_int_eq(matched, n_g);
+        if (real && matched != n_g)
+            golden_fail(gs, &file_failed, "%s: only %d of %d greedy tokens agree", fname,
+                        matched, n_g);
         gs->greedy_checked += n_g;
         gs->greedy_matched += matched;
-        printf("golden: %-34s tokens %2d  max|dlogit| %.2e (tol %.0e)  greedy %2d/%d\n", fname,
-               n_tok, max_err, tol, matched, n_g);
     }
+    if (first_over >= 0)
+        printf("golden: %-34s tokens %2d  max|dlogit| %.2e  greedy %2d/%d  over the issue's "
+               "tolerance %.0e from position %d (allowed bound %.2g)%s\n",
+               fname, n_tok, max_err, matched, n_g, issue_tol, first_over, tol,
+               file_failed ? "  FAIL" : "");
+    else
+        printf("golden: %-34s tokens %2d  max|dlogit| %.2e (tol %.0e)  greedy %2d/%d%s\n", fname,
+               n_tok, max_err, issue_tol, matched, n_g, file_failed ? "  FAIL" : "");
     if (max_err > gs->max_err)
         gs->max_err = max_err;
     gs->files++;
@@ -236,10 +297,14 @@ START_TEST(test_golden_all)
         check_one_golden(path, names[i], &gs);
         free(names[i]);
     }
-    printf("golden: %d files, %d prompt positions, greedy %d/%d tokens agree, max|dlogit| %.2e\n",
-           gs.files, gs.positions, gs.greedy_matched, gs.greedy_checked, gs.max_err);
+    printf("golden: %d files, %d prompt positions, greedy %d/%d tokens agree, max|dlogit| %.2e, "
+           "%d files outside tolerance\n",
+           gs.files, gs.positions, gs.greedy_matched, gs.greedy_checked, gs.max_err,
+           gs.failed_files);
     fflush(stdout);
     ck_assert_int_eq(gs.files, n);
+    ck_assert_msg(gs.failed_files == 0, "%d golden files fail; first: %s", gs.failed_files,
+                  gs.first_failure);
 }
 END_TEST
 

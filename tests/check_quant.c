@@ -8,8 +8,10 @@
  *  - scalar integer dot vs double dot of the dequantized values: 2e-5 of
  *    sum |w_i a_i| (float accumulation over blocks); q4_1/q5_1 use 2e-3
  *    because the q8_1 block sum s is stored in fp16.
- *  - fast vs scalar: 1e-5 of sum |w_i a_i| for every type (the integer
- *    part is exact; only the float order of block sums differs).
+ *  - fast vs scalar: bit-identical for f32 (n % 16 == 0), q4_0 ... q8_1,
+ *    q4_k, q5_k, q6_k (the scalar order is the reference runtime's, see
+ *    quant.c); 1e-5 of sum |w_i a_i| for the others (integer parts exact,
+ *    only the float order differs).
  *  - gemm vs vec_dot: bit-identical (whatever the batch size, so batched
  *    and single-token decoding agree exactly); vs the reference 1e-5.
  *  - fast quantize of activation types: byte-identical to scalar.
@@ -21,6 +23,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +101,7 @@ START_TEST(test_table)
     }
     ck_assert_int_eq(quant_type_from_name("Q4_K"), MOE_TYPE_Q4_K);
     ck_assert_int_eq(quant_type_from_name("q4_k_m"), -1);
+    ck_assert_int_eq(quant_type_from_name("q4?0"), -1); /* only letters fold case */
     ck_assert_int_eq(quant_type_from_name(""), -1);
     ck_assert_int_eq(quant_type_from_name(NULL), -1);
     ck_assert(!quant_type_supported(4));
@@ -395,6 +399,19 @@ START_TEST(test_dot_ref_vs_float)
 }
 END_TEST
 
+/* types whose fast dots reproduce the scalar reference bit for bit */
+static bool exact_order(moe_type t, int64_t n)
+{
+    switch (t) {
+    case MOE_TYPE_F32: return n % 16 == 0;
+    case MOE_TYPE_Q4_0: case MOE_TYPE_Q4_1: case MOE_TYPE_Q5_0: case MOE_TYPE_Q5_1:
+    case MOE_TYPE_Q8_0: case MOE_TYPE_Q8_1: case MOE_TYPE_Q4_K: case MOE_TYPE_Q5_K:
+    case MOE_TYPE_Q6_K:
+        return true;
+    default: return false;
+    }
+}
+
 /* kernel sets tried by the fast-path tests (those the CPU lacks are skipped) */
 static const char *const ksets[] = {"avx512-vnni", "avx2", NULL};
 #define N_KSETS ((int)(sizeof ksets / sizeof ksets[0]))
@@ -414,6 +431,11 @@ START_TEST(test_dot_fast_vs_ref)
             dot_case_make(&c, t, n, s & 1 ? -0.03f : 0.0f);
             float r = quant_vec_dot_ref(t, c.n, c.w, c.a);
             float f = quant_vec_dot(t, c.n, c.w, c.a);
+            /* types with a defined reference order: bit-identical */
+            if (exact_order(t, c.n))
+                ck_assert_msg(f == r, "%s n=%lld [%s]: fast %.9g != ref %.9g",
+                              quant_type_name((int)t), (long long)c.n, quant_kernel_name(),
+                              (double)f, (double)r);
             ck_assert_msg(fabs((double)f - r) <= 1e-5 * c.sabs,
                           "%s n=%lld [%s]: fast %.8g ref %.8g", quant_type_name((int)t),
                           (long long)c.n, quant_kernel_name(), (double)f, (double)r);

@@ -502,6 +502,252 @@ START_TEST(test_capacity_small)
 }
 END_TEST
 
+/* Exact mechanics at the first layer (its inputs do not depend on routing):
+ * which assignments are kept (by position or by top score), where IR sends
+ * drops (one expert per device with D = n_expert), what FR adds. */
+static bool rt_has(const int32_t *sel, int32_t n, int32_t e)
+{
+    for (int32_t j = 0; j < n; j++)
+        if (sel[j] == e)
+            return true;
+    return false;
+}
+
+typedef struct {
+    float key;
+    int32_t pos;
+} rt_ord;
+
+static int rt_ord_cmp(const void *a, const void *b)
+{
+    const rt_ord *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key > y->key ? -1 : 1;
+    return x->pos - y->pos;
+}
+
+START_TEST(test_capacity_mechanics)
+{
+    enum { NB = 64 };
+    rt_fix f;
+    moe_ctx *c;
+    moe_trace_dims d;
+    int32_t(*orig)[2], (*cap_sel)[9], *cand;
+    float(*orig_w)[2], (*cap_w)[3];
+    float *top, *prob0;
+    moe_capacity_params cp = {.capacity_factor = 0.5f, .n_devices = 8};
+    if (!rt_open(&f, MIXTRAL, "capacity_mechanics"))
+        return;
+    c = rt_ctx(&f, NB, 0);
+    rt_trace_on(c);
+    rt_eval(c, &f, NULL);
+    d = moe_ctx_trace_dims(c);
+    ck_assert_int_eq(d.n_sel, 3);
+    orig = malloc((size_t)f.n * sizeof *orig);
+    cap_sel = malloc((size_t)f.n * sizeof *cap_sel);
+    cand = malloc((size_t)f.n * sizeof *cand);
+    orig_w = malloc((size_t)f.n * sizeof *orig_w);
+    cap_w = malloc((size_t)f.n * sizeof *cap_w);
+    top = malloc((size_t)f.n * sizeof *top);
+    prob0 = malloc((size_t)f.n * (size_t)f.n_expert * sizeof *prob0);
+    for (int32_t p = 0; p < f.n; p++) {
+        const moe_trace_token *t = moe_ctx_trace_get(c, p);
+        const float *pr = t->router_probs; /* layer 0 */
+        orig[p][0] = t->sel[0];
+        orig[p][1] = t->sel[1];
+        orig_w[p][0] = t->sel_w[0];
+        orig_w[p][1] = t->sel_w[1];
+        top[p] = pr[t->sel[0]];
+        memcpy(prob0 + (size_t)p * f.n_expert, pr, (size_t)f.n_expert * sizeof *pr);
+        cand[p] = -1;
+        for (int32_t e = 0; e < f.n_expert; e++)
+            if (!rt_has(orig[p], 2, e) && (cand[p] < 0 || pr[e] > pr[cand[p]]))
+                cand[p] = e;
+    }
+    for (int mode = 0; mode < 4; mode++) {
+        /* 0: none by position, 1: none by score, 2: IR (8 devices), 3: FR */
+        cp.drop = mode == 1 ? MOE_DROP_SCORE : MOE_DROP_POSITION;
+        cp.rectify = mode == 2 ? MOE_RECTIFY_IR : mode == 3 ? MOE_RECTIFY_FR : MOE_RECTIFY_NONE;
+        ck_assert(moe_route_set_capacity(c, &cp) == MOE_OK);
+        moe_ctx_trace_clear(c);
+        rt_eval(c, &f, NULL);
+        for (int32_t p = 0; p < f.n; p++) {
+            const moe_trace_token *t = moe_ctx_trace_get(c, p);
+            for (int32_t j = 0; j < 3; j++) {
+                cap_sel[p][j] = t->sel[j];
+                cap_w[p][j] = t->sel_w[j];
+            }
+            /* plain drop: what is kept keeps its weight exactly */
+            for (int32_t j = 0; mode < 2 && j < 3; j++)
+                for (int32_t i = 0; i < 2; i++)
+                    if (cap_sel[p][j] == orig[p][i])
+                        ck_assert(cap_w[p][j] == orig_w[p][i]);
+        }
+        for (int32_t b0 = 0; b0 < f.n; b0 += NB) {
+            const int32_t nb = f.n - b0 < NB ? f.n - b0 : NB;
+            const int64_t cap = (int64_t)ceil(0.5 * 2 * nb / 8.0);
+            rt_ord ord[NB];
+            for (int32_t i = 0; i < nb; i++) {
+                ord[i].key = mode == 1 ? top[b0 + i] : 0.0f;
+                ord[i].pos = b0 + i;
+            }
+            qsort(ord, (size_t)nb, sizeof ord[0], rt_ord_cmp);
+            /* the first cap claimants of each expert keep it, the rest lose it */
+            for (int32_t e = 0; e < f.n_expert; e++) {
+                int64_t seen = 0;
+                for (int32_t i = 0; i < nb; i++) {
+                    const int32_t p = ord[i].pos;
+                    if (!rt_has(orig[p], 2, e))
+                        continue;
+                    ck_assert_msg(rt_has(cap_sel[p], 3, e) == (seen < cap),
+                                  "mode %d pos %d expert %d rank %lld cap %lld", mode, p, e,
+                                  (long long)seen, (long long)cap);
+                    seen++;
+                }
+            }
+            /* FR: an expert's padding goes to the candidates most probable
+             * for it */
+            for (int32_t e = 0; mode == 3 && e < f.n_expert; e++) {
+                int64_t claim = 0, room;
+                int32_t n_c = 0;
+                for (int32_t i = 0; i < nb; i++)
+                    claim += rt_has(orig[b0 + i], 2, e);
+                room = cap - (claim < cap ? claim : cap);
+                for (int32_t i = 0; i < nb; i++)
+                    if (cand[b0 + i] == e) {
+                        ord[n_c].key = prob0[(size_t)(b0 + i) * f.n_expert + e];
+                        ord[n_c++].pos = b0 + i;
+                    }
+                qsort(ord, (size_t)n_c, sizeof ord[0], rt_ord_cmp);
+                for (int32_t r = 0; r < n_c; r++)
+                    ck_assert(rt_has(cap_sel[ord[r].pos], 3, e) == (r < room));
+            }
+            for (int32_t i = 0; i < nb; i++) {
+                const int32_t p = b0 + i;
+                const int32_t h = i * 8 / nb; /* the one expert on the token's device */
+                bool lost = false;
+                for (int32_t j = 0; j < 3; j++) {
+                    const int32_t e = cap_sel[p][j];
+                    if (e < 0 || rt_has(orig[p], 2, e))
+                        continue;
+                    /* an expert it did not choose: only IR's h or FR's candidate */
+                    if (mode == 2)
+                        ck_assert_int_eq(e, h);
+                    else if (mode == 3)
+                        ck_assert_int_eq(e, cand[p]);
+                    else
+                        ck_abort_msg("mode %d added expert %d at %d", mode, e, p);
+                }
+                for (int32_t j = 0; j < 2; j++)
+                    lost |= !rt_has(cap_sel[p], 3, orig[p][j]);
+                /* IR: a token that lost experts reaches h, unless h is one
+                 * of those it lost */
+                if (mode == 2 && lost &&
+                    !(rt_has(orig[p], 2, h) && !rt_has(cap_sel[p], 3, h)))
+                    ck_assert(rt_has(cap_sel[p], 3, h));
+                /* IR weights: p_e * multiplicity over the reached multiset,
+                 * h counted once per drop, renormalised (DESIGN.md formula) */
+                if (mode == 2 && lost && rt_has(cap_sel[p], 3, h)) {
+                    const float *pr = prob0 + (size_t)p * f.n_expert;
+                    float mult[3], sum = 0.0f;
+                    int32_t r = 0;
+                    for (int32_t j = 0; j < 2; j++)
+                        r += !rt_has(cap_sel[p], 3, orig[p][j]);
+                    for (int32_t j = 0; j < 3; j++) {
+                        const int32_t e = cap_sel[p][j];
+                        mult[j] = e < 0 ? 0.0f
+                                        : (float)rt_has(orig[p], 2, e) + (e == h ? (float)r : 0);
+                        sum += e < 0 ? 0.0f : pr[e] * mult[j];
+                    }
+                    for (int32_t j = 0; j < 3; j++)
+                        if (cap_sel[p][j] >= 0)
+                            ck_assert_float_eq_tol(cap_w[p][j], pr[cap_sel[p][j]] * mult[j] / sum,
+                                                   1e-6);
+                }
+            }
+        }
+    }
+    free(orig);
+    free(cap_sel);
+    free(cand);
+    free(top);
+    free(prob0);
+    free(orig_w);
+    free(cap_w);
+    moe_ctx_free(c);
+    moe_model_free(f.model);
+}
+END_TEST
+
+/* IR weights with top-4 (OLMoE, 16 experts, one per device): a token that
+ * keeps some experts and loses r >= 2 gets h with multiplicity r, weighted
+ * by the file's rule (this file does not renormalise: raw p * r). */
+START_TEST(test_ir_multiplicity)
+{
+    enum { NB = 64, K = 4, MAXE = 16 };
+    rt_fix f;
+    moe_ctx *c;
+    moe_trace_dims d;
+    int32_t(*orig)[K];
+    int n_checked = 0;
+    bool renorm;
+    moe_capacity_params cp = {.capacity_factor = 0.5f, .n_devices = 16,
+                              .rectify = MOE_RECTIFY_IR};
+    if (!rt_open(&f, OLMOE, "ir_multiplicity"))
+        return;
+    ck_assert_int_eq(f.k, K);
+    ck_assert_int_eq(f.n_expert, MAXE);
+    c = rt_ctx(&f, NB, 0);
+    rt_trace_on(c);
+    rt_eval(c, &f, NULL);
+    d = moe_ctx_trace_dims(c);
+    orig = malloc((size_t)f.n * sizeof *orig);
+    for (int32_t p = 0; p < f.n; p++)
+        for (int32_t j = 0; j < K; j++)
+            orig[p][j] = moe_ctx_trace_get(c, p)->sel[j];
+    /* does the file renormalise the top-k weights? (tiny-olmoe: no) */
+    {
+        const moe_trace_token *t = moe_ctx_trace_get(c, 0);
+        float ws = 0.0f;
+        for (int32_t j = 0; j < K; j++)
+            ws += t->sel_w[j];
+        renorm = fabsf(ws - 1.0f) < 1e-5f;
+    }
+    ck_assert(moe_route_set_capacity(c, &cp) == MOE_OK);
+    moe_ctx_trace_clear(c);
+    rt_eval(c, &f, NULL);
+    for (int32_t p = 0; p < f.n; p++) {
+        const moe_trace_token *t = moe_ctx_trace_get(c, p);
+        const int32_t nb = f.n - p / NB * NB < NB ? f.n - p / NB * NB : NB;
+        const int32_t h = (p % NB) * 16 / nb;
+        const float *pr = t->router_probs;
+        float mult[K + 1], sum = 0.0f;
+        int32_t r = 0, kept = 0;
+        for (int32_t j = 0; j < K; j++) {
+            bool in = rt_has(t->sel, d.n_sel, orig[p][j]);
+            r += !in;
+            kept += in && orig[p][j] != h;
+        }
+        if (r < 2 || !kept || !rt_has(t->sel, d.n_sel, h))
+            continue;
+        for (int32_t j = 0; j < d.n_sel; j++) {
+            const int32_t e = t->sel[j];
+            mult[j] = e < 0 ? 0.0f : (float)rt_has(orig[p], K, e) + (e == h ? (float)r : 0);
+            sum += e < 0 ? 0.0f : pr[e] * mult[j];
+        }
+        for (int32_t j = 0; j < d.n_sel; j++)
+            if (t->sel[j] >= 0)
+                ck_assert_float_eq_tol(t->sel_w[j],
+                                       pr[t->sel[j]] * mult[j] / (renorm ? sum : 1.0f), 1e-5);
+        n_checked++;
+    }
+    ck_assert_int_gt(n_checked, 0);
+    free(orig);
+    moe_ctx_free(c);
+    moe_model_free(f.model);
+}
+END_TEST
+
 /* ---- counterfactual ------------------------------------------------------ */
 
 START_TEST(test_reeval)
@@ -697,6 +943,8 @@ Suite *router_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_capacity_huge_is_identity);
     tcase_add_test(tc, test_capacity_small);
+    tcase_add_test(tc, test_capacity_mechanics);
+    tcase_add_test(tc, test_ir_multiplicity);
     suite_add_tcase(s, tc);
     tc = tcase_create("counterfactual");
     tcase_set_timeout(tc, 120);

@@ -34,7 +34,15 @@ static const char corpus[] =
     "And God said, Let there be light: and there was light.\n"
     "And God saw the light, that it was good: and God divided the light from the darkness.\n"
     "And God called the light Day, and the darkness he called Night.\n"
-    "And the evening and the morning were the first day.\n";
+    "And the evening and the morning were the first day.\n"
+    "And God said, Let there be a firmament in the midst of the waters, and let it divide "
+    "the waters from the waters.\n"
+    "And God made the firmament, and divided the waters which were under the firmament from "
+    "the waters which were above the firmament: and it was so.\n"
+    "And God called the firmament Heaven. And the evening and the morning were the second "
+    "day.\n"
+    "And God said, Let the waters under the heaven be gathered together unto one place, and "
+    "let the dry land appear: and it was so.\n";
 
 /* a vocabulary trained on the corpus, written once per run */
 static const char *vocab_path(void)
@@ -217,8 +225,8 @@ END_TEST
 
 /* ---- training behaviour ------------------------------------------------------- */
 
-/* a few hundred tokens memorised: cross-entropy below 0.5 nats in 150
- * steps (from ~5.8 = ln 320) */
+/* a few hundred tokens memorised: cross-entropy below 0.5 nats in 300
+ * steps of 4 windows of 64 tokens (from ~5.8 = ln 320); about a second */
 START_TEST(test_overfit)
 {
     moe_train_config c = small_config(4);
@@ -226,27 +234,29 @@ START_TEST(test_overfit)
     moe_train_stats st;
     moe_trainer *t;
     int32_t n, *ids;
-    const int32_t T = 32, n_seq = 4;
-    int32_t batch[4 * 33];
-    c.n_embd = 32;
+    const int32_t T = 64, n_seq = 4;
+    int32_t batch[4 * 65];
+    c.n_embd = 48;
     t = make(&c);
     p.lr = 1e-2f;
     p.lr_min = 1e-3f;
     p.warmup = 10;
-    p.n_steps = 150;
+    p.n_steps = 300;
     p.weight_decay = 0.0f;
     ck_assert_int_eq(moe_trainer_set_params(t, &p), MOE_OK);
     ids = corpus_tokens(t, &n);
-    ck_assert_int_ge(n, 100);
-    for (int step = 0; step < 150; step++) {
+    ck_assert_int_ge(n, 250); /* a few hundred tokens */
+    for (int step = 0; step < 300; step++) {
         for (int s = 0; s < n_seq; s++) {
             int32_t start = (int32_t)(((int64_t)step * 7 + s * 31) % (n - T - 1));
             memcpy(batch + s * (T + 1), ids + start, (size_t)(T + 1) * sizeof(int32_t));
         }
         ck_assert_int_eq(moe_trainer_step(t, batch, n_seq, T, &st), MOE_OK);
     }
-    ck_assert_int_eq(st.step, 150);
-    ck_assert_msg(st.ce < 0.5, "cross-entropy %.3f after 150 steps", st.ce);
+    ck_assert_int_eq(st.step, 300);
+    if (getenv("MOE_TRAIN_VERBOSE"))
+        fprintf(stderr, "overfit: %d tokens, cross-entropy %.3f after 300 steps\n", n, st.ce);
+    ck_assert_msg(st.ce < 0.5, "cross-entropy %.3f after 300 steps", st.ce);
     free(ids);
     moe_trainer_free(t);
 }
@@ -374,6 +384,7 @@ START_TEST(test_freeze)
     ck_assert_int_ne(moe_trainer_set_trainable(t, "blk.9.expert.0"), MOE_OK);
     ck_assert_int_ne(moe_trainer_set_trainable(t, "blk.1.expert.4"), MOE_OK);
     ck_assert_int_ne(moe_trainer_set_trainable(t, "blk.1.wings"), MOE_OK);
+    ck_assert_int_eq(moe_trainer_n_params(t, true), (int64_t)(3 * per)); /* unchanged */
     ck_assert_int_eq(moe_trainer_set_trainable(t, "blk.1.expert.3"), MOE_OK);
     before = malloc(t->n_params * sizeof *before);
     memcpy(before, t->params, t->n_params * sizeof *before);
@@ -510,6 +521,44 @@ START_TEST(test_save_types)
 }
 END_TEST
 
+/* a real pretrained model: the trainer's forward equals the engine's (which
+ * matches the reference runtime) on stories260K */
+START_TEST(test_real_model_logits)
+{
+    char path[512];
+    moe_trainer *t = NULL;
+    moe_model *m = NULL;
+    moe_ctx *ctx = NULL;
+    int32_t ids[40];
+    float *lt;
+    double worst = 0.0;
+    if (!tu_shared(path, sizeof path, "models/real/stories260K.gguf", "test_real_model_logits"))
+        return;
+    ck_assert_msg(moe_trainer_load(path, &t) == MOE_OK, "%s", moe_last_error());
+    ck_assert_msg(moe_model_load(path, NULL, &m) == MOE_OK, "%s", moe_last_error());
+    ck_assert_int_eq(moe_tokenize(m, "Once upon a time, there was a little girl named Lily.", 52,
+                                  ids, 40, true, false) > 10, 1);
+    {
+        const int32_t n = moe_tokenize(m, "Once upon a time, there was a little girl named Lily.",
+                                       52, ids, 40, true, false);
+        lt = malloc((size_t)n * 512 * sizeof *lt);
+        ck_assert_int_eq(moe_trainer_logits(t, ids, n, lt), MOE_OK);
+        ck_assert_int_eq(moe_ctx_new(m, NULL, &ctx), MOE_OK);
+        ck_assert_int_eq(moe_ctx_decode(ctx, ids, n, true), MOE_OK);
+        for (int32_t i = 0; i < n; i++)
+            for (int32_t v = 0; v < 512; v++) {
+                double d = fabs((double)moe_ctx_logits(ctx, i)[v] - lt[(size_t)i * 512 + v]);
+                worst = d > worst ? d : worst;
+            }
+    }
+    ck_assert_msg(worst < 1e-3, "stories260K: trainer and engine logits differ by %.3g", worst);
+    free(lt);
+    moe_ctx_free(ctx);
+    moe_model_free(m);
+    moe_trainer_free(t);
+}
+END_TEST
+
 START_TEST(test_bad_args)
 {
     moe_train_config c = small_config(4);
@@ -528,8 +577,20 @@ START_TEST(test_bad_args)
     ck_assert_int_eq(moe_trainer_step(t, bad, 1, 4, NULL), MOE_ERR_INVALID_ARG);
     p.lr = -1;
     ck_assert_int_eq(moe_trainer_set_params(t, &p), MOE_ERR_INVALID_ARG);
+    ck_assert_int_eq(moe_trainer_grow(t, 0, -1.0f, 1), MOE_ERR_INVALID_ARG);
+    ck_assert_int_eq(moe_trainer_save(t, "/nonexistent-dir/x.gguf", 0, false) == MOE_OK, 0);
     moe_trainer_free(t);
     moe_trainer_free(NULL);
+    {
+        /* architectures with biases / shared experts are refused */
+        char path[512];
+        if (tu_shared(path, sizeof path, "models/synthetic/tiny-qwen2moe.f32.gguf",
+                      "test_bad_args")) {
+            t = NULL;
+            ck_assert_int_eq(moe_trainer_load(path, &t), MOE_ERR_UNSUPPORTED);
+            ck_assert_ptr_null(t);
+        }
+    }
 }
 END_TEST
 
@@ -561,6 +622,19 @@ START_TEST(test_bpe)
     gguf_close(g);
     ck_assert_int_ne(moe_bpe_train(corpus, strlen(corpus), 100, "/tmp/x.gguf", NULL, NULL),
                      MOE_OK);
+    /* hostile text: invalid UTF-8, NUL bytes, nothing at all */
+    {
+        static const char junk[] = "\xff\xfe abc \xc3 \x00\x00 abc abc \xe2\x82 abc\n\n\n";
+        char jp[512];
+        tu_tmp_path(jp, sizeof jp, "junk-vocab.gguf");
+        ck_assert_int_eq(moe_bpe_train(junk, sizeof junk - 1, 300, jp, NULL, NULL), MOE_OK);
+        ck_assert_int_eq(gguf_open(jp, &g), MOE_OK);
+        ck_assert_int_eq(tok_load(g, &v), MOE_OK);
+        ck_assert_int_ge(tok_n_vocab(v), 257);
+        tok_free(v);
+        gguf_close(g);
+        ck_assert_int_eq(moe_bpe_train("", 0, 300, jp, NULL, NULL), MOE_OK);
+    }
 }
 END_TEST
 
@@ -582,6 +656,7 @@ Suite *train_suite(void)
     tcase_add_test(tc, test_grow);
     tcase_add_test(tc, test_distill);
     tcase_add_test(tc, test_save_types);
+    tcase_add_test(tc, test_real_model_logits);
     tcase_add_test(tc, test_bad_args);
     suite_add_tcase(s, tc);
     return s;

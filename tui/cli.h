@@ -30,6 +30,11 @@ int cmd_synth(int argc, char **argv);
 int cmd_route_stats(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_exit(int argc, char **argv);
+/* the interactive studio and its sessions (cmd_studio.c) */
+int cmd_studio(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 int cmd_emoe(int argc, char **argv);
 int cmd_bricks(int argc, char **argv);
 int cmd_script(int argc, char **argv); /* cmd_script.c: headless Lua */
@@ -118,5 +123,12 @@ char *cli_hex(const char *s, size_t len);
 double cli_now(void);
 /* Median of n doubles (sorts v in place); 0 for n == 0. */
 double cli_median(double *v, int n);
+
+/* ---- the embedded default model (models/kjv-moe.gguf) ---- */
+/* Path of the default model, the first that exists of: $MOE_DEFAULT_MODEL,
+ * <dir of the running binary>/models/kjv-moe.gguf (build tree), the source
+ * tree's models/ (VPATH builds), $(pkgdatadir)/models/kjv-moe.gguf
+ * (installed). NULL when none exists. The string is static. */
+const char *cli_default_model_path(void);
 
 #endif

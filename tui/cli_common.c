@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -351,4 +352,54 @@ double cli_median(double *v, int n)
     if (n % 2)
         return v[n / 2];
     return 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- the embedded default model ----------------------------------------- */
+
+#ifndef MOE_PKGDATADIR
+#define MOE_PKGDATADIR "/usr/local/share/moe-studio"
+#endif
+#ifndef MOE_TOP_SRCDIR
+#define MOE_TOP_SRCDIR "."
+#endif
+#define CLI_DEFAULT_MODEL "kjv-moe.gguf"
+
+static bool cli_file_exists(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    fclose(f);
+    return true;
+}
+
+const char *cli_default_model_path(void)
+{
+    static char buf[4096];
+    const char *env = getenv("MOE_DEFAULT_MODEL");
+    char exe[4096];
+    ssize_t n;
+    if (env && *env && cli_file_exists(env)) {
+        snprintf(buf, sizeof buf, "%s", env);
+        return buf;
+    }
+    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        char *slash;
+        exe[n] = '\0';
+        slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            if (snprintf(buf, sizeof buf, "%s/models/" CLI_DEFAULT_MODEL, exe) <
+                    (int)sizeof buf && cli_file_exists(buf))
+                return buf;
+        }
+    }
+    snprintf(buf, sizeof buf, "%s/models/" CLI_DEFAULT_MODEL, MOE_TOP_SRCDIR);
+    if (cli_file_exists(buf))
+        return buf;
+    snprintf(buf, sizeof buf, "%s/models/" CLI_DEFAULT_MODEL, MOE_PKGDATADIR);
+    if (cli_file_exists(buf))
+        return buf;
+    return NULL;
 }

@@ -12,6 +12,7 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
@@ -317,8 +318,20 @@ static bool ppl_apply_routing(const ppl_state *st, moe_ctx *ctx, bool capacity_g
     return true;
 }
 
-static const char *const ppl_drop_names[] = {"position", "score"};
-static const char *const ppl_rectify_names[] = {"none", "ir", "fr", "both"};
+static const char *const ppl_drop_names[] = {
+    [MOE_DROP_POSITION] = "position",
+    [MOE_DROP_SCORE] = "score",
+};
+static_assert(sizeof ppl_drop_names / sizeof ppl_drop_names[0] == MOE_DROP_COUNT,
+              "a name for every drop policy");
+static const char *const ppl_rectify_names[] = {
+    [MOE_RECTIFY_NONE] = "none",
+    [MOE_RECTIFY_IR] = "ir",
+    [MOE_RECTIFY_FR] = "fr",
+    [MOE_RECTIFY_BOTH] = "both",
+};
+static_assert(sizeof ppl_rectify_names / sizeof ppl_rectify_names[0] == MOE_RECTIFY_COUNT,
+              "a name for every rectify mode");
 
 int cmd_perplexity(int argc, char **argv)
 {

@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
@@ -44,7 +45,13 @@ static void rs_usage(FILE *f)
 
 enum { RS_OPT_JSON = 256, RS_OPT_LAYER, RS_OPT_BATCH, RS_OPT_MAX, RS_OPT_TOP };
 
-static const char *const rs_phase_names[] = {"prefill", "decode"};
+static const char *const rs_phase_names[] = {
+    [MOE_PHASE_PREFILL] = "prefill",
+    [MOE_PHASE_DECODE] = "decode",
+    [MOE_PHASE_ALL] = "all",
+};
+static_assert(sizeof rs_phase_names / sizeof rs_phase_names[0] == MOE_PHASE_COUNT,
+              "a name for every phase");
 
 /* A token's text made safe for JSON and terminals: valid UTF-8 kept,
  * control bytes and invalid bytes as \xNN. Caller frees. */

@@ -156,6 +156,24 @@ int cmd_lua(int argc, char **argv)
                LUA_RELEASE);
         rl_readline_name = "moe-studio";
         while ((line = readline("lua> "))) {
+            /* unfinished chunks (a function, a loop) continue on more lines */
+            while (host_incomplete(h, line)) {
+                char *more = readline("  >> ");
+                char *joined;
+                size_t n;
+                if (!more)
+                    break;
+                n = strlen(line) + strlen(more) + 2;
+                joined = malloc(n);
+                if (!joined) {
+                    free(more);
+                    break;
+                }
+                snprintf(joined, n, "%s\n%s", line, more);
+                free(line);
+                free(more);
+                line = joined;
+            }
             if (line[0])
                 add_history(line);
             repl_line(h, line);
@@ -164,10 +182,29 @@ int cmd_lua(int argc, char **argv)
         printf("\n");
     } else {
         char buf[65536];
+        size_t used = 0;
+        char *chunk = NULL;
         while (fgets(buf, sizeof buf, stdin)) {
-            buf[strcspn(buf, "\r\n")] = '\0';
-            repl_line(h, buf);
+            size_t n = strlen(buf);
+            char *nc = realloc(chunk, used + n + 1);
+            if (!nc)
+                break;
+            chunk = nc;
+            memcpy(chunk + used, buf, n + 1);
+            used += n;
+            if (host_incomplete(h, chunk))
+                continue;
+            chunk[strcspn(chunk, "\r")] = '\0';
+            used = strlen(chunk);
+            while (used > 0 && chunk[used - 1] == '\n')
+                chunk[--used] = '\0';
+            repl_line(h, chunk);
+            used = 0;
+            chunk[0] = '\0';
         }
+        if (chunk && chunk[0])
+            repl_line(h, chunk);
+        free(chunk);
     }
     host_free(h);
     return CLI_OK;

@@ -104,6 +104,25 @@ void tui_settings_default(tui_settings *s)
     s->exit_spec = strdup("none");
 }
 
+bool tui_settings_copy(tui_settings *dst, const tui_settings *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->sp = src->sp;
+    dst->n_ctx = src->n_ctx;
+    dst->lens_k = src->lens_k;
+    dst->n_predict = src->n_predict;
+    dst->exit_spec = strdup(src->exit_spec ? src->exit_spec : "none");
+    if (src->n_route > 0) {
+        dst->route = calloc((size_t)src->n_route, sizeof *dst->route);
+        if (!dst->route)
+            return false;
+        for (int32_t i = 0; i < src->n_route; i++)
+            if ((dst->route[i] = strdup(src->route[i])))
+                dst->n_route++;
+    }
+    return dst->exit_spec != NULL;
+}
+
 void tui_settings_free(tui_settings *s)
 {
     free(s->exit_spec);

@@ -321,6 +321,21 @@ bool tui_gen_step(tui_gen *g, tui_tok_fn fn, void *ud, bool *done, char *err, si
     for (int32_t i = 0; i < info.n_vocab; i++)
         sum += exp(logits[i] - mx);
     t->logprob = (float)(logits[id] - mx - log(sum));
+    /* the model's own top candidates (insertion into a short sorted list) */
+    for (int32_t i = 0; i < info.n_vocab; i++) {
+        int32_t j = t->n_top < TUI_N_CAND ? t->n_top++ : TUI_N_CAND;
+        if (j == TUI_N_CAND && logits[i] <= logits[t->top[TUI_N_CAND - 1].id])
+            continue;
+        if (j == TUI_N_CAND)
+            j = TUI_N_CAND - 1;
+        while (j > 0 && logits[i] > logits[t->top[j - 1].id]) {
+            t->top[j] = t->top[j - 1];
+            j--;
+        }
+        t->top[j].id = i;
+    }
+    for (int32_t j = 0; j < t->n_top; j++)
+        t->top[j].p = (float)(exp(logits[t->top[j].id] - mx) / sum);
     for (int32_t s = 0; s < g->set.sp.n_order && s < MOE_STAGE_COUNT; s++) {
         moe_sampler_stage sg = g->set.sp.order[s];
         int32_t n = moe_sampler_stage_candidates(g->smp, sg, g->cbuf, TUI_N_CAND);

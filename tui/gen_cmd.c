@@ -317,6 +317,129 @@ static bool gc_exit(tui_gen *g, int argc, char **argv, char *m, size_t n)
     return true;
 }
 
+/* ---- bricks ------------------------------------------------------------- */
+
+/* "3,5,7" into ids (at most max); returns the count or -1. */
+static int gc_ids(const char *s, int32_t *ids, int max)
+{
+    int n = 0;
+    char *end;
+    while (*s && n < max) {
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 1 << 20)
+            return -1;
+        ids[n++] = (int32_t)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+static bool gc_bricks_list(tui_gen *g, int argc, char **argv, char *m, size_t n)
+{
+    int32_t nb = moe_model_n_bricks(g->model), count[MOE_BRICK_KIND_COUNT] = {0};
+    size_t off = 0;
+    const char *filter = argc > 2 ? argv[2] : NULL;
+    for (int32_t i = 0; i < nb; i++) {
+        moe_brick b;
+        if (moe_model_brick(g->model, i, &b) != MOE_OK)
+            continue;
+        if (filter) {
+            if (strncmp(b.name, filter, strlen(filter)) == 0 && off < n)
+                off += (size_t)snprintf(m + off, n - off, "%s%s(%lld)", off ? " " : "", b.name,
+                                        (long long)b.n_params);
+        } else if (b.kind >= 0 && b.kind < MOE_BRICK_KIND_COUNT) {
+            count[b.kind]++;
+        }
+    }
+    if (filter) {
+        if (off == 0)
+            snprintf(m, n, "bricks: none named %s*", filter);
+        return true;
+    }
+    off = (size_t)snprintf(m, n, "%d bricks:", (int)nb);
+    for (int k = 0; k < MOE_BRICK_KIND_COUNT && off < n; k++)
+        off += (size_t)snprintf(m + off, n - off, " %d %s", (int)count[k],
+                                moe_brick_kind_name((moe_brick_kind)k));
+    if (off < n)
+        snprintf(m + off, n - off, " (bricks list blk.N for names)");
+    return true;
+}
+
+static bool gc_bricks(tui_gen *g, int argc, char **argv, char *m, size_t n)
+{
+    const char *sub = argc > 1 ? argv[1] : "list";
+    moe_model_info info;
+    moe_bricks *b = NULL;
+    moe_status st = MOE_OK;
+    int32_t ids[64], nid = 0, l0, l1;
+    const char *out;
+    moe_model_get_info(g->model, &info);
+    if (!strcmp(sub, "list"))
+        return gc_bricks_list(g, argc, argv, m, n);
+    if (!strcmp(sub, "emoe")) {
+        moe_emoe_params ep = moe_emoe_default_params();
+        moe_emoe_report rep;
+        if (argc != 5 || !gc_int(argv[2], 1, 1 << 20, &ep.n_expert) ||
+            !gc_int(argv[3], 1, 1 << 20, &ep.n_expert_used))
+            return gc_fail(m, n, "usage: bricks emoe N K OUT.gguf (split the dense FFNs)");
+        st = moe_emoe_convert(info.path, argv[4], &ep, &rep);
+        if (st != MOE_OK)
+            return gc_fail(m, n, "bricks emoe: %s", moe_last_error());
+        snprintf(m, n, "bricks emoe: %d layers into %d experts (top-%d), mean cos %.3f -> %s "
+                       "(:load it)", (int)rep.n_converted, (int)ep.n_expert,
+                 (int)ep.n_expert_used, rep.mean_cos, argv[4]);
+        return true;
+    }
+    if (strcmp(sub, "merge") && strcmp(sub, "prune") && strcmp(sub, "grow"))
+        return gc_fail(m, n, "bricks: unknown subcommand '%s' (list [blk.N] | merge L|all "
+                             "E,E.. OUT | prune L|all E,E.. OUT | grow L|all E NOISE OUT | "
+                             "emoe N K OUT)", sub);
+    if (info.n_expert <= 0)
+        return gc_fail(m, n, "bricks %s: the model has no experts", sub);
+    if (argc < 5 || (!strcmp(sub, "grow") && argc < 6))
+        return gc_fail(m, n, "usage: bricks %s LAYER|all %s OUT.gguf", sub,
+                       !strcmp(sub, "grow") ? "EXPERT NOISE" : "E,E,...");
+    if (!strcmp(argv[2], "all")) {
+        l0 = 0;
+        l1 = info.n_layer - 1;
+    } else if (gc_int(argv[2], 0, info.n_layer - 1, &l0)) {
+        l1 = l0;
+    } else {
+        return gc_fail(m, n, "bricks %s: layer '%s' is not all or 0..%d", sub, argv[2],
+                       info.n_layer - 1);
+    }
+    nid = gc_ids(argv[3], ids, 64);
+    if (nid < 1)
+        return gc_fail(m, n, "bricks %s: '%s' is not a list of expert ids", sub, argv[3]);
+    out = argv[argc - 1];
+    st = moe_bricks_open(info.path, &b);
+    for (int32_t il = l0; st == MOE_OK && il <= l1; il++) {
+        if (moe_bricks_n_expert(b, il) == 0)
+            continue;
+        if (!strcmp(sub, "merge"))
+            st = moe_bricks_merge(b, il, ids, NULL, nid);
+        else if (!strcmp(sub, "prune"))
+            st = moe_bricks_prune(b, il, ids, nid);
+        else {
+            float noise = 0;
+            if (!gc_float(argv[4], 0, 1e3, &noise)) {
+                moe_bricks_free(b);
+                return gc_fail(m, n, "bricks grow: noise '%s' is not a number >= 0", argv[4]);
+            }
+            st = moe_bricks_grow(b, il, ids[0], noise, g->set.sp.seed + (uint64_t)il);
+        }
+    }
+    if (st == MOE_OK)
+        st = moe_bricks_save(b, out);
+    moe_bricks_free(b);
+    if (st != MOE_OK)
+        return gc_fail(m, n, "bricks %s: %s", sub, moe_last_error());
+    snprintf(m, n, "bricks %s: wrote %s (:load it to use it)", sub, out);
+    return true;
+}
+
 bool tui_gen_command(tui_gen *g, int argc, char **argv, char *m, size_t n)
 {
     if (argc < 1)
@@ -338,6 +461,6 @@ bool tui_gen_command(tui_gen *g, int argc, char **argv, char *m, size_t n)
     if (!strcmp(argv[0], "exit"))
         return gc_exit(g, argc, argv, m, n);
     if (!strcmp(argv[0], "bricks"))
-        return gc_fail(m, n, "bricks: not available yet (the engine has no bricks API)");
+        return gc_bricks(g, argc, argv, m, n);
     return gc_fail(m, n, "unknown engine command '%s'", argv[0]);
 }

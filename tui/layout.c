@@ -57,7 +57,7 @@ void tui_layout_compute(int lines, int cols, int zoom, tui_layout *o)
     }
     logh = H >= 40 ? 8 : H >= 28 ? 6 : 4;
     uh = H - logh;
-    lw = cols * 11 / 20;
+    lw = cols / 2;
     rw = cols - lw;
     ih = uh >= 24 ? 10 : uh * 4 / 9;
     o->pane[TUI_PANE_TRANSCRIPT] = tui_r(top, 0, uh - ih, lw);

@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -26,10 +27,14 @@ static const tui_command tui_commands[] = {
     {"route-stats", cmd_route_stats, "router load, balance, entropy, co-activation on a text"},
     {"perplexity", cmd_perplexity, "perplexity of a text, with router steering and capacity"},
     {"exit", cmd_exit, "early exit on a text: perplexity, mean exit layer, layers saved"},
+    {"train", cmd_train, "train or continue a small dense/MoE model; BPE vocabularies"},
     {"emoe", cmd_emoe, "split a dense model's FFNs into emergent experts (EMoE)"},
     {"bricks", cmd_bricks, "list, merge, grow, prune experts and other bricks"},
     {"script", cmd_script, "run a Lua script headless (moe module, workflows)"},
     {"lua", cmd_lua, "interactive Lua prompt with the moe module"},
+    {"studio", cmd_studio, "the interactive workbench (also: moe-studio [-m MODEL])"},
+    {"replay", cmd_replay, "browse a saved session in the studio without the model"},
+    {"export", cmd_export, "generate headless and write a session (.json .svg .html .csv)"},
 };
 
 static void tui_usage(FILE *f)
@@ -37,7 +42,8 @@ static void tui_usage(FILE *f)
     fprintf(f,
             "moe-studio %s - a workbench for studying mixture-of-experts models\n"
             "\n"
-            "usage: moe-studio <command> [options]\n"
+            "usage: moe-studio [-m MODEL] [-t N]     (the studio, in a terminal)\n"
+            "       moe-studio <command> [options]\n"
             "       moe-studio help [command]\n"
             "       moe-studio --version\n"
             "\n"
@@ -62,10 +68,19 @@ int main(int argc, char **argv)
     const char *name;
 
     if (argc < 2) {
+        /* the studio in a terminal; usage when piped */
+        if (isatty(STDIN_FILENO) && isatty(STDOUT_FILENO))
+            return cmd_studio(argc, argv);
         tui_usage(stdout);
         return 0;
     }
     name = argv[1];
+    /* only studio options (-m MODEL, -t N): open the studio */
+    if (!strcmp(name, "-m") || !strcmp(name, "-t") || !strncmp(name, "--model", 7) ||
+        !strncmp(name, "--threads", 9) || !strncmp(name, "-m", 2)) {
+        cli_getopt_reset();
+        return cmd_studio(argc, argv);
+    }
     if (strcmp(name, "help") == 0 || strcmp(name, "--help") == 0 ||
         strcmp(name, "-h") == 0) {
         if (argc > 2 && strcmp(name, "help") == 0) {

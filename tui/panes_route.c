@@ -39,8 +39,10 @@ static void pr_experts(const tui_doc *d, const tui_tok *t, int32_t il, char *buf
         size_t k = (size_t)il * (size_t)d->dims.n_sel + (size_t)s;
         if (t->sel[k] < 0)
             continue;
-        off += (size_t)snprintf(buf + off, n - off, "%se%d:%.2f", off ? " " : "", (int)t->sel[k],
-                                (double)t->sel_w[k]);
+        char wb[32];
+        snprintf(wb, sizeof wb, "%.2f", (double)t->sel_w[k]);
+        off += (size_t)snprintf(buf + off, n - off, "%se%d:%s", off ? " " : "", (int)t->sel[k],
+                                wb[0] == '0' && wb[1] == '.' ? wb + 1 : wb);
     }
 }
 
@@ -103,7 +105,7 @@ void tui_draw_router(tui_app *a, WINDOW *w, int h, int wd)
         return;
     tui_doc_load(d, false, load);
     /* room: "L00 " + ne + " | " + ne + " " + experts text */
-    cum = wd >= 4 + 2 * ne + 3 + 14;
+    cum = wd >= 4 + 2 * ne + 3 + 13;
     for (int32_t il = top; il < nl && il - top + 1 < h; il++) {
         int64_t mx = 0;
         double pmx = 0;

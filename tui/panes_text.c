@@ -153,15 +153,17 @@ void tui_draw_inspector(tui_app *a, WINDOW *w, int h, int wd)
         wmove(w, y++, 1);
         tui_put(w, buf, wd - 1);
     }
-    for (int32_t s = 0; t->sampled && s < t->n_stage && y < h; s++, y++) {
-        int col;
+    for (int32_t s = -1; t->sampled && s < t->n_stage && y < h; s++, y++) {
+        int col, nc = s < 0 ? t->n_top : t->n_cand[s];
+        const tui_cand *cs = s < 0 ? t->top : t->cand[s];
         wmove(w, y, 1);
         wattrset(w, tui_attr(TUI_C_DIM));
-        snprintf(buf, sizeof buf, "%-10s", moe_sampler_stage_name((moe_sampler_stage)t->stage[s]));
+        snprintf(buf, sizeof buf, "%-10s",
+                 s < 0 ? "model" : moe_sampler_stage_name((moe_sampler_stage)t->stage[s]));
         col = 1 + tui_put(w, buf, wd - 1);
         wattrset(w, A_NORMAL);
-        for (int32_t j = 0; j < t->n_cand[s] && col < wd - 1; j++) {
-            const tui_cand *c = &t->cand[s][j];
+        for (int32_t j = 0; j < nc && col < wd - 1; j++) {
+            const tui_cand *c = &cs[j];
             snprintf(buf, sizeof buf, " %s %.3f",
                      pt_quote(tui_doc_piece(d, c->id, pc, sizeof pc), q, sizeof q), (double)c->p);
             if (c->id == t->id)
@@ -215,16 +217,18 @@ void tui_draw_status(tui_app *a, WINDOW *w, int wd)
     const tui_meta *m = &a->doc.meta;
     tui_stats s;
     char buf[512];
+    char moe[32] = "dense";
     tui_doc_stats(&a->doc, &s);
+    if (m->n_expert > 0)
+        snprintf(moe, sizeof moe, "%dx top-%d", (int)m->n_expert, (int)m->n_expert_used);
     wattrset(w, tui_attr(TUI_C_STATUS));
     mvwhline(w, 0, 0, ' ', wd);
     if (m->path)
         snprintf(buf, sizeof buf,
-                 " %s%s | %s %s %.2fM | %d experts top-%d | ctx %d/%d | %.0f tok/s | "
-                 "mem %.0f MiB | %s | ?:help",
+                 " %s%s | %s %s %.2fM | %s | ctx %d/%d | %.0f tok/s | %.0f MiB | %s "
+                 "| ?:help",
                  a->replay ? "replay: " : "", m->name ? m->name : "", m->arch ? m->arch : "",
-                 m->ftype ? m->ftype : "", (double)m->n_params / 1e6, (int)m->n_expert,
-                 (int)m->n_expert_used, a->replay ? (int)s.n_tokens : (int)a->ctx_pos,
+                 m->ftype ? m->ftype : "", (double)m->n_params / 1e6, moe, a->replay ? (int)s.n_tokens : (int)a->ctx_pos,
                  a->replay ? (int)a->doc.set.n_ctx : (int)a->n_ctx, s.tok_s, pt_rss_mib(),
                  a->busy ? (a->busy_what ? a->busy_what : "busy") : "idle");
     else

@@ -200,6 +200,9 @@ static cJSON *ses_token(const tui_doc *d, const tui_tok *t)
     js_num(o, "time_ms", t->time_ms);
     if (t->sampled) {
         js_num(o, "logprob", t->logprob);
+        a = cJSON_AddArrayToObject(o, "top");
+        for (int32_t j = 0; a && j < t->n_top; j++)
+            cJSON_AddItemToArray(a, ses_pair(t->top[j].id, t->top[j].p));
         a = cJSON_AddArrayToObject(o, "stages");
         for (int32_t s = 0; a && s < t->n_stage; s++) {
             cJSON *so = cJSON_CreateObject(), *c;
@@ -270,6 +273,8 @@ static cJSON *ses_pieces(const tui_doc *d)
     for (int32_t i = 0; i < d->n_tok; i++) {
         const tui_tok *t = d->toks[i];
         ses_mark(mark, d->n_vocab, t->id);
+        for (int32_t j = 0; t->sampled && j < t->n_top; j++)
+            ses_mark(mark, d->n_vocab, t->top[j].id);
         for (int32_t s = 0; t->sampled && s < t->n_stage; s++)
             for (int32_t j = 0; j < t->n_cand[s]; j++)
                 ses_mark(mark, d->n_vocab, t->cand[s][j].id);
@@ -527,6 +532,11 @@ static bool ses_read_token(tui_doc *d, const cJSON *o, int32_t index, char *err,
     if (cJSON_IsArray(stages)) {
         t->sampled = true;
         t->logprob = (float)js_getf(o, "logprob", 0);
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "top")) {
+            if (t->n_top < TUI_N_CAND &&
+                js_pair(it, &t->top[t->n_top].id, &t->top[t->n_top].p))
+                t->n_top++;
+        }
         cJSON_ArrayForEach(it, stages) {
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "cand"), *ci;
             const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "stage"));

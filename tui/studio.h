@@ -39,6 +39,8 @@ typedef struct {
     bool sampled;    /* logprob and candidates are set */
     bool traced;     /* the per-layer arrays are set */
     float logprob;   /* ln p(token) under the model's distribution */
+    int32_t n_top;   /* the model's most probable tokens (softmax of logits) */
+    tui_cand top[TUI_N_CAND];
     float time_ms;   /* engine time of this token (sampling + its forward) */
     int32_t exit_layer; /* last layer computed; -1 when not traced */
     int32_t n_stage;
@@ -113,6 +115,8 @@ void tui_doc_free(tui_doc *d);
 void tui_doc_clear(tui_doc *d);
 void tui_settings_free(tui_settings *s);
 void tui_settings_default(tui_settings *s);
+/* Deep copy into dst (uninitialised); false on out of memory. */
+bool tui_settings_copy(tui_settings *dst, const tui_settings *src);
 void tui_meta_free(tui_meta *m);
 /* Take ownership of t; false when out of memory (t freed). */
 bool tui_doc_append(tui_doc *d, tui_tok *t);

@@ -23,7 +23,7 @@ volatile sig_atomic_t tui_sig_term;
 static volatile sig_atomic_t term_active;
 static SCREEN *term_screen;
 static int term_pipe[2] = {-1, -1};
-static attr_t term_attrs[TUI_C_COUNT];
+static attr_t term_attr_tab[TUI_C_COUNT];
 
 typedef struct {
     short fg256, bg256, fg8, bg8;
@@ -65,7 +65,7 @@ void tui_colors_setup(int depth)
     for (int c = 0; c < TUI_C_COUNT; c++) {
         const term_color_def *d = &term_colors[c];
         if (depth == 0) {
-            term_attrs[c] = d->mono;
+            term_attr_tab[c] = d->mono;
             continue;
         }
         if (term_active) {
@@ -73,13 +73,13 @@ void tui_colors_setup(int depth)
             short bg = depth >= 256 ? d->bg256 : d->bg8;
             init_pair((short)(c + 1), fg, bg);
         }
-        term_attrs[c] = COLOR_PAIR(c + 1) | d->extra;
+        term_attr_tab[c] = COLOR_PAIR(c + 1) | d->extra;
     }
 }
 
 attr_t tui_attr(tui_color c)
 {
-    return c >= 0 && c < TUI_C_COUNT ? term_attrs[c] : A_NORMAL;
+    return c >= 0 && c < TUI_C_COUNT ? term_attr_tab[c] : A_NORMAL;
 }
 
 int tui_term_signal_fd(void)

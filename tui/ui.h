@@ -144,6 +144,7 @@ typedef struct tui_app {
     tui_doc doc;
     tui_worker *worker;  /* NULL in a pure replay */
     bool model_loaded;   /* the worker holds a model */
+    char *model_path;    /* its path */
     bool replay;         /* doc came from a file: browse only */
     bool busy;           /* the worker is generating */
     char *busy_what;

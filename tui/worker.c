@@ -62,31 +62,12 @@ static void wk_simple(tui_worker *w, tui_ev_kind kind, const char *msg)
     wk_push(w, e);
 }
 
-static bool wk_copy_settings(tui_settings *dst, const tui_settings *src)
-{
-    memset(dst, 0, sizeof *dst);
-    dst->sp = src->sp;
-    dst->n_ctx = src->n_ctx;
-    dst->lens_k = src->lens_k;
-    dst->n_predict = src->n_predict;
-    dst->exit_spec = strdup(src->exit_spec ? src->exit_spec : "none");
-    if (src->n_route > 0) {
-        dst->route = calloc((size_t)src->n_route, sizeof *dst->route);
-        if (!dst->route)
-            return false;
-        for (int32_t i = 0; i < src->n_route; i++)
-            if ((dst->route[i] = strdup(src->route[i])))
-                dst->n_route++;
-    }
-    return dst->exit_spec != NULL;
-}
-
 static void wk_settings(tui_worker *w)
 {
     tui_event *e = wk_event(w, TUI_EV_SETTINGS);
     if (!e)
         return;
-    e->has_set = wk_copy_settings(&e->set, &w->gen.set);
+    e->has_set = tui_settings_copy(&e->set, &w->gen.set);
     wk_push(w, e);
 }
 
@@ -178,7 +159,7 @@ static void wk_load(tui_worker *w, const char *path)
         tui_gen_meta(&w->gen, &e->meta);
         e->dims = w->gen.dims;
         e->vocab = tui_gen_vocab(&w->gen, &e->n_vocab);
-        e->has_set = wk_copy_settings(&e->set, &w->gen.set);
+        e->has_set = tui_settings_copy(&e->set, &w->gen.set);
         wk_push(w, e);
     }
     wk_simple(w, TUI_EV_IDLE, NULL);
