@@ -33,6 +33,7 @@ typedef struct {
     int64_t n_act;
     float *out;            /* out[j * out_stride + r] */
     int64_t out_stride;
+    bool expert;           /* a routed expert: quant_gemm_expert's order */
 } mm_task;
 
 #define MM_MAX_TASKS 1024
@@ -41,6 +42,7 @@ typedef struct {
     const mm_task *tasks;
     int n_tasks;
     int64_t total_cost;
+    int64_t n_chunks;
 } mm_job;
 
 static int64_t mm_row_bound(const mm_task *t, int64_t c0, int64_t b)
@@ -52,20 +54,25 @@ static int64_t mm_row_bound(const mm_task *t, int64_t c0, int64_t b)
     return r > t->n_rows ? t->n_rows : r;
 }
 
-static void mm_worker(void *arg, int ith, int nth)
+/* Chunk `chunk` covers cost units [lo, hi) of the job; cost = rows x
+ * activation rows, laid out task after task. */
+static void mm_chunk(void *arg, int ith, int64_t chunk)
 {
     const mm_job *job = arg;
-    const int64_t lo = job->total_cost * ith / nth;
-    const int64_t hi = job->total_cost * (ith + 1) / nth;
+    const int64_t lo = job->total_cost * chunk / job->n_chunks;
+    const int64_t hi = job->total_cost * (chunk + 1) / job->n_chunks;
     int64_t c0 = 0;
+    (void)ith;
     for (int i = 0; i < job->n_tasks; i++) {
         const mm_task *t = &job->tasks[i];
         int64_t cost = t->n_rows * t->n_act;
         if (c0 + cost > lo && c0 < hi) {
             int64_t r0 = mm_row_bound(t, c0, lo), r1 = mm_row_bound(t, c0, hi);
             if (r1 > r0)
-                quant_gemm(t->type, t->n_in, t->w, t->w_row_bytes, r0, r1, t->act,
-                           t->act_row_bytes, t->n_act, t->out, t->out_stride);
+                (t->expert ? quant_gemm_expert : quant_gemm)(t->type, t->n_in, t->w,
+                                                             t->w_row_bytes, r0, r1, t->act,
+                                                             t->act_row_bytes, t->n_act,
+                                                             t->out, t->out_stride);
         }
         c0 += cost;
         if (c0 >= hi)
@@ -76,21 +83,32 @@ static void mm_worker(void *arg, int ith, int nth)
 /* Below this many multiply-adds a job runs on the calling thread: waking
  * workers costs more than it saves. */
 #define MM_MIN_PARALLEL_MACS (1 << 16)
+/* Chunks per thread: small enough that an unscheduled thread holds back
+ * little, large enough that claiming one is cheap next to computing it. */
+#define MM_CHUNKS_PER_THREAD 16
+#define MM_MIN_CHUNK_COST 16
 
 static void mm_run(moe_ctx *c, const mm_task *tasks, int n_tasks)
 {
-    mm_job job = {tasks, n_tasks, 0};
-    int64_t macs = 0;
+    mm_job job = {tasks, n_tasks, 0, 1};
+    int64_t macs = 0, max_chunks;
     for (int i = 0; i < n_tasks; i++) {
         job.total_cost += tasks[i].n_rows * tasks[i].n_act;
         macs += tasks[i].n_rows * tasks[i].n_act * tasks[i].n_in;
     }
     if (job.total_cost == 0)
         return;
-    if (macs < MM_MIN_PARALLEL_MACS)
-        mm_worker(&job, 0, 1);
-    else
-        tp_run(c->pool, mm_worker, &job);
+    if (macs < MM_MIN_PARALLEL_MACS || tp_n_threads(c->pool) == 1) {
+        mm_chunk(&job, 0, 0);
+        return;
+    }
+    max_chunks = (int64_t)tp_n_threads(c->pool) * MM_CHUNKS_PER_THREAD;
+    job.n_chunks = job.total_cost / MM_MIN_CHUNK_COST;
+    if (job.n_chunks > max_chunks)
+        job.n_chunks = max_chunks;
+    if (job.n_chunks < 1)
+        job.n_chunks = 1;
+    tp_run_chunks(c->pool, job.n_chunks, mm_chunk, &job);
 }
 
 /* Convert n rows of f32 activations (n_in each, stride n_in) for weights of
@@ -123,6 +141,18 @@ static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t
     t.n_act = n_act;
     t.out = out;
     t.out_stride = out_stride;
+    t.expert = false;
+    return t;
+}
+
+/* mm_make for one routed expert's matrix (the reference runs these through
+ * its per-expert path, whose f16/bf16 summation order differs) */
+static mm_task mm_make_expert(const mtensor *w, int64_t expert, const void *act,
+                              size_t act_row_bytes, int64_t n_act, float *out,
+                              int64_t out_stride)
+{
+    mm_task t = mm_make(w, expert, act, act_row_bytes, n_act, out, out_stride);
+    t.expert = true;
     return t;
 }
 
@@ -220,7 +250,8 @@ typedef struct {
     int32_t pos0;  /* position of the first */
 } attn_job;
 
-static void attn_worker(void *arg, int ith, int nth)
+/* One chunk = one (token, head) pair. */
+static void attn_chunk(void *arg, int ith, int64_t it)
 {
     const attn_job *job = arg;
     moe_ctx *c = job->c;
@@ -232,9 +263,8 @@ static void attn_worker(void *arg, int ith, int nth)
     const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
     const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
     const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
-    const int64_t n_items = (int64_t)job->n * n_head;
-
-    for (int64_t it = ith; it < n_items; it += nth) {
+    (void)ith;
+    {
         const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
         const int32_t g = h / group;
         const int32_t n_pos = job->pos0 + t + 1;
@@ -340,9 +370,10 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
     attention_qkv(c, il, n, true);
     /* work ~ tokens x heads x positions x head size */
     if ((int64_t)n * hp->n_head * (c->pos + n) * hp->n_embd_head < MM_MIN_PARALLEL_MACS)
-        attn_worker(&job, 0, 1);
+        for (int64_t it = 0; it < (int64_t)n * hp->n_head; it++)
+            attn_chunk(&job, 0, it);
     else
-        tp_run(c->pool, attn_worker, &job);
+        tp_run_chunks(c->pool, (int64_t)n * hp->n_head, attn_chunk, &job);
     matmul(c, &c->model->layers[il].wo, c->att, n, c->ffn_out);
     for (int64_t i = 0; i < (int64_t)n * n_embd; i++)
         c->x[i] += c->ffn_out[i] * hp->residual_scale;
@@ -423,11 +454,11 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
         if (!cnt)
             continue;
         a = (const char *)act + (size_t)slot_start[e] * rb;
-        tasks[n_tasks++] = mm_make(&L->gate_exps, e, a, rb, cnt,
-                                   c->hb + (size_t)slot_start[e] * nf, nf);
+        tasks[n_tasks++] = mm_make_expert(&L->gate_exps, e, a, rb, cnt,
+                                          c->hb + (size_t)slot_start[e] * nf, nf);
         if (L->up_exps.type == L->gate_exps.type)
-            tasks[n_tasks++] = mm_make(&L->up_exps, e, a, rb, cnt,
-                                       c->hb2 + (size_t)slot_start[e] * nf, nf);
+            tasks[n_tasks++] = mm_make_expert(&L->up_exps, e, a, rb, cnt,
+                                              c->hb2 + (size_t)slot_start[e] * nf, nf);
     }
     mm_run(c, tasks, n_tasks);
     if (L->up_exps.type != L->gate_exps.type) {
@@ -435,10 +466,9 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
         act = act_convert(L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
         for (int32_t e = 0; e < ne; e++)
             if (c->exp_count[e])
-                tasks[n_tasks++] = mm_make(&L->up_exps, e,
-                                           (const char *)act + (size_t)slot_start[e] * rb, rb,
-                                           c->exp_count[e], c->hb2 + (size_t)slot_start[e] * nf,
-                                           nf);
+                tasks[n_tasks++] = mm_make_expert(
+                    &L->up_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
+                    c->exp_count[e], c->hb2 + (size_t)slot_start[e] * nf, nf);
         mm_run(c, tasks, n_tasks);
     }
     for (int64_t i = 0; i < (int64_t)n_slots * nf; i++)
@@ -449,10 +479,9 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
     act = act_convert(L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
     for (int32_t e = 0; e < ne; e++)
         if (c->exp_count[e])
-            tasks[n_tasks++] = mm_make(&L->down_exps, e,
-                                       (const char *)act + (size_t)slot_start[e] * rb, rb,
-                                       c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd,
-                                       n_embd);
+            tasks[n_tasks++] = mm_make_expert(
+                &L->down_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
+                c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd, n_embd);
     mm_run(c, tasks, n_tasks);
 
     /* weighted sum back per token, in choice order like the reference */

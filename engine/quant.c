@@ -777,6 +777,7 @@ static void quantize_ref(moe_type t, const float *src, void *dst, int64_t n)
  *          acc = fma((float)isum, d_w*d_a, acc), accm = fma((float)imin,
  *          dmin_w*d_a, accm); result acc - accm.
  *   f32:   16 lanes, one accumulator, fma, tree sum (n % 16 == 0).
+ *   f16/bf16: see dot_f16 below (dense and expert orders differ).
  *   hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
 
 static float hsum8(const float v[8])
@@ -808,20 +809,100 @@ static float dot_f32(int64_t n, const float *w, const float *a)
     return (float)s;
 }
 
+/* f16 / bf16. The reference multiplies these weights in two ways, and the
+ * summation order differs:
+ *   dense (tile kernel, n % 16 == 0 for f16, n % 32 for bf16):
+ *     f16:  16 lanes, lane l takes elements e with e % 16 == l,
+ *           acc[l] = fma(w, a, acc[l]), in order; hsum16.
+ *     bf16: 16 lanes over steps of 32, lane l takes the pair 2l, 2l+1 of
+ *           each step: acc[l] = fma(w[2l+1], a[2l+1], acc[l]), then
+ *           fma(w[2l], a[2l], acc[l]) (a bf16 product is exact in float,
+ *           so each is one rounded add); hsum16.
+ *   expert (per-row vector dot; also dense when n does not divide):
+ *     f16:  4 x 16 lanes over steps of 64 (accumulator j takes elements
+ *           64i + 16j + l), fma; then acc0 += acc2, acc1 += acc3,
+ *           acc0 += acc1 lane-wise, hsum16; the n % 64 leftovers are added
+ *           in double as float products.
+ *     bf16: 2 x 16 lanes of pairs over steps of 64 (the first 32 elements
+ *           of a step to accumulator 0, the next 32 to accumulator 1,
+ *           pairs as in the dense order); double(hsum16(acc0)) +
+ *           double(hsum16(acc1)), the n % 64 leftovers as f16's. */
+static inline float f16v(const uint16_t *p, int64_t i)
+{
+    return F16(p[i]);
+}
+
+static inline float bf16v(const uint16_t *p, int64_t i)
+{
+    return quant_bf16_to_f32(p[i]);
+}
+
+/* one 16-lane bf16 pair step over elements e0..e0+31 */
+static void bf16_pairs16(float acc[16], const uint16_t *w, const uint16_t *a, int64_t e0)
+{
+    for (int l = 0; l < 16; l++) {
+        int64_t e = e0 + 2 * l;
+        acc[l] = fmaf(bf16v(w, e + 1), bf16v(a, e + 1), acc[l]);
+        acc[l] = fmaf(bf16v(w, e), bf16v(a, e), acc[l]);
+    }
+}
+
+static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
+{
+    float acc[4][16] = {{0}};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++) {
+                int64_t e = i + 16 * j + l;
+                acc[j][l] = fmaf(f16v(w, e), f16v(a, e), acc[j][l]);
+            }
+    for (int l = 0; l < 16; l++) {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+    }
+    for (int l = 0; l < 16; l++)
+        acc[0][l] += acc[1][l];
+    double s = hsum16(acc[0]);
+    for (; i < n; i++)
+        s += (double)(f16v(w, i) * f16v(a, i));
+    return (float)s;
+}
+
+static float dot_bf16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
+{
+    float acc[2][16] = {{0}};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        bf16_pairs16(acc[0], w, a, i);
+        bf16_pairs16(acc[1], w, a, i + 32);
+    }
+    double s = hsum16(acc[0]);
+    s += hsum16(acc[1]);
+    for (; i < n; i++)
+        s += (double)(bf16v(w, i) * bf16v(a, i));
+    return (float)s;
+}
+
 static float dot_f16(int64_t n, const uint16_t *w, const uint16_t *a)
 {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        s += (double)F16(w[i]) * F16(a[i]);
-    return (float)s;
+    if (n % 16)
+        return dot_f16_expert(n, w, a);
+    float acc[16] = {0};
+    for (int64_t i = 0; i < n; i += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] = fmaf(f16v(w, i + l), f16v(a, i + l), acc[l]);
+    return hsum16(acc);
 }
 
 static float dot_bf16(int64_t n, const uint16_t *w, const uint16_t *a)
 {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        s += (double)quant_bf16_to_f32(w[i]) * quant_bf16_to_f32(a[i]);
-    return (float)s;
+    if (n % 32)
+        return dot_bf16_expert(n, w, a);
+    float acc[16] = {0};
+    for (int64_t i = 0; i < n; i += 32)
+        bf16_pairs16(acc, w, a, i);
+    return hsum16(acc);
 }
 
 static float dot_q4_0(int64_t nb, const blk_q4_0 *w, const blk_q8_0 *a)
@@ -1052,6 +1133,15 @@ float quant_ref_dot(moe_type t, int64_t n, const void *w, const void *a)
     }
 }
 
+float quant_ref_dot_expert(moe_type t, int64_t n, const void *w, const void *a)
+{
+    if (t == MOE_TYPE_F16 && n >= 0)
+        return dot_f16_expert(n, w, a);
+    if (t == MOE_TYPE_BF16 && n >= 0)
+        return dot_bf16_expert(n, w, a);
+    return quant_ref_dot(t, n, w, a);
+}
+
 /* ---- dispatch -------------------------------------------------------------- */
 
 static quant_kernels g_kern;
@@ -1128,15 +1218,25 @@ void quant_quantize_row(moe_type t, const float *src, void *dst, int64_t n)
  * comfortably in L2, else chunks (weights are then re-read per chunk). */
 #define GEMM_ACT_BYTES (512u * 1024u)
 
-void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
-                int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
-                int64_t n_act, float *out, int64_t n_rows_out)
+static void gemm(bool expert, moe_type t, int64_t n, const void *w, size_t w_row_bytes,
+                 int64_t r0, int64_t r1, const void *act, size_t act_row_bytes, int64_t n_act,
+                 float *out, int64_t n_rows_out)
 {
     if (!quant_type_supported((int)t) || n < 0 || r0 < 0 || r1 <= r0 || n_act <= 0)
         return;
     const quant_kernels *k = kern();
+    if (k && k->gemm[t] && !(expert && (t == MOE_TYPE_F16 || t == MOE_TYPE_BF16))) {
+        k->gemm[t](n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_act, out, n_rows_out);
+        return;
+    }
     quant_dot_fn dot = k && k->dot[t] ? k->dot[t] : NULL;
     quant_dot4_fn dot4 = k ? k->dot4[t] : NULL;
+    float (*ref)(moe_type, int64_t, const void *, const void *) = quant_ref_dot;
+    if (expert && (t == MOE_TYPE_F16 || t == MOE_TYPE_BF16)) {
+        dot = k ? k->dot_expert[t] : NULL;
+        dot4 = NULL;
+        ref = quant_ref_dot_expert;
+    }
     const uint8_t *wb = w, *ab = act;
     int64_t chunk = n_act;
     if (act_row_bytes > 0 && (size_t)n_act * act_row_bytes > GEMM_ACT_BYTES) {
@@ -1162,8 +1262,22 @@ void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
                 }
             for (; j < j1; j++) {
                 const void *ar = ab + (size_t)j * act_row_bytes;
-                out[j * n_rows_out + r] = dot ? dot(n, wr, ar) : quant_ref_dot(t, n, wr, ar);
+                out[j * n_rows_out + r] = dot ? dot(n, wr, ar) : ref(t, n, wr, ar);
             }
         }
     }
+}
+
+void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
+                int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
+                int64_t n_act, float *out, int64_t n_rows_out)
+{
+    gemm(false, t, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_act, out, n_rows_out);
+}
+
+void quant_gemm_expert(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
+                       int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
+                       int64_t n_act, float *out, int64_t n_rows_out)
+{
+    gemm(true, t, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_act, out, n_rows_out);
 }

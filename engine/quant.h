@@ -70,6 +70,14 @@ void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
                 int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
                 int64_t n_act, float *out, int64_t n_rows_out);
 
+/* As quant_gemm, for the experts of a MoE layer: the reference runtime sums
+ * f16/bf16 expert matmuls (per-row vector dots) in a different order than
+ * its dense matmuls (tile kernel), and activations rounded to f16/bf16
+ * downstream make that visible. Same as quant_gemm for every other type. */
+void quant_gemm_expert(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
+                       int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
+                       int64_t n_act, float *out, int64_t n_rows_out);
+
 /* Which kernel set is in use: "avx512-vnni", "avx2", "scalar". */
 const char *quant_kernel_name(void);
 /* Force the scalar kernels (tests, debugging). */

@@ -169,12 +169,20 @@ typedef float (*quant_dot_fn)(int64_t n, const void *w, const void *act);
 typedef void (*quant_dot4_fn)(int64_t n, const void *w, const void *const act[4],
                               float out[4]);
 typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
+/* a whole quant_gemm (same arguments and results; every output equal to
+ * the type's dot): register-tiled kernels for prompt batches */
+typedef void (*quant_gemm_fn)(int64_t n, const void *w, size_t w_row_bytes, int64_t r0,
+                              int64_t r1, const void *act, size_t act_row_bytes, int64_t n_act,
+                              float *out, int64_t n_rows_out);
 
 typedef struct {
     const char *name;
     quant_dot_fn dot[MOE_TYPE_COUNT];
     quant_dot4_fn dot4[MOE_TYPE_COUNT];
+    /* f16/bf16 in the expert order (quant_gemm_expert); other types unused */
+    quant_dot_fn dot_expert[MOE_TYPE_COUNT];
     quant_quantize_fn quantize[MOE_TYPE_COUNT];
+    quant_gemm_fn gemm[MOE_TYPE_COUNT]; /* NULL: the dot/dot4 loop of quant.c */
 } quant_kernels;
 
 /* Fill in the fast kernels of the set named want ("avx512-vnni", "avx2"),
@@ -190,5 +198,8 @@ bool quant_kernels_select(const char *want);
 
 /* Scalar reference entry points used by the fast paths for odd tails. */
 float quant_ref_dot(moe_type t, int64_t n, const void *w, const void *act);
+/* The scalar reference in the expert order (quant_gemm_expert): differs
+ * from quant_ref_dot for f16/bf16 only. */
+float quant_ref_dot_expert(moe_type t, int64_t n, const void *w, const void *act);
 
 #endif

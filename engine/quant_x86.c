@@ -8,11 +8,11 @@
  * Two kernel sets are compiled from the same source by including this file
  * into itself twice: "avx2" (AVX2 + FMA + F16C; int8 products through
  * vpmaddubsw/vpmaddwd) and "avx512-vnni" (adds AVX512F/BW/DQ/VL + VNNI:
- * vpdpbusd / vpdpwssd on 256-bit vectors). For f32 (n % 16 == 0), the
- * 32-element types, q4_k, q5_k and q6_k the results are bit-identical to the
- * scalar reference of quant.c, whose float order follows the reference
- * runtime; q2_k, q3_k, q8_k, f16 and bf16 equal it up to the order of float
- * additions (integer parts exact). Quantizers are bit-identical to the
+ * vpdpbusd / vpdpwssd on 256-bit vectors). For f32 (n % 16 == 0), f16
+ * and bf16 (both orders), the 32-element types, q4_k, q5_k and q6_k the
+ * results are bit-identical to the scalar reference of quant.c, whose float
+ * order follows the reference runtime; q2_k, q3_k and q8_k equal it up to
+ * the order of float additions (integer parts exact). Quantizers are bit-identical to the
  * scalar ones. A dot gives the same bits whichever entry computes it (dot,
  * dot4), so batched and single-token decoding agree exactly.
  *
@@ -209,11 +209,6 @@ static inline QX_ALWAYS QX_TARGET __m256 QX(ld_f16)(const void *p, int64_t i)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
 }
-static inline QX_ALWAYS QX_TARGET __m256 QX(ld_bf16)(const void *p, int64_t i)
-{
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 /* steps of 8 elements; "blocks" of 8 so the driver's tail handles n % 8 via
  * the scalar remainder below */
@@ -228,10 +223,8 @@ static inline QX_ALWAYS QX_TARGET __m256 QX(ld_bf16)(const void *p, int64_t i)
 
 QX_FLOAT_STEP(f32, ld_f32)
 QX_FLOAT_STEP(f16, ld_f16)
-QX_FLOAT_STEP(bf16, ld_bf16)
 QX_DRIVER(f32, void, void, 8)
 QX_DRIVER(f16, void, void, 8)
-QX_DRIVER(bf16, void, void, 8)
 
 /* the float dots cover n % 8 leftovers with the scalar reference */
 #define QX_FLOAT_DOTS(NAME, T, ET)                                                        \
@@ -254,8 +247,146 @@ QX_DRIVER(bf16, void, void, 8)
     }
 
 QX_FLOAT_DOTS(f32, MOE_TYPE_F32, float)
-QX_FLOAT_DOTS(f16, MOE_TYPE_F16, uint16_t)
-QX_FLOAT_DOTS(bf16, MOE_TYPE_BF16, uint16_t)
+
+/* f16 / bf16, bit-identical to the scalar reference of quant.c in both of
+ * its orders (see the comment above its dot_f16): a 16-lane accumulator is
+ * a pair of vectors (lanes 0..7, 8..15), hsum16 = hsum(lo + hi).
+ *   f16 dense:   the generic driver above (its two accumulators take
+ *                alternate 8-element steps: exactly 16 lanes, one chain);
+ *   bf16 dense:  pairs (2l, 2l+1) of a 32-element step into lane l;
+ *   f16 expert:  4 x 16 lanes over 64-element steps;
+ *   bf16 expert: 2 x 16 lanes of pairs over 64-element steps.
+ * The pair step is done with two FMAs (odd element first): a bf16 product
+ * is exact in float, so that is the reference's dot-product instruction
+ * except that subnormals are not flushed. */
+
+static inline QX_ALWAYS QX_TARGET double QX(f16_tail)(int64_t i, int64_t n, const uint16_t *w,
+                                                      const uint16_t *a, bool bf)
+{
+    double s = 0.0;
+    for (; i < n; i++) {
+        float x = bf ? quant_bf16_to_f32(w[i]) : QX(h2f)(w[i]);
+        float y = bf ? quant_bf16_to_f32(a[i]) : QX(h2f)(a[i]);
+        float p = x * y;
+        QX_NOFUSE(p);
+        s += (double)p;
+    }
+    return s;
+}
+
+static QX_TARGET float QX(dote_f16)(int64_t n, const void *wv, const void *av)
+{
+    const uint16_t *w = wv, *a = av;
+    __m256 acc[8];
+    QX_UNROLL for (int j = 0; j < 8; j++)
+        acc[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        QX_UNROLL for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(QX(ld_f16)(w, i + 8 * j), QX(ld_f16)(a, i + 8 * j), acc[j]);
+    /* 16-lane accumulator j is (acc[2j], acc[2j+1]) */
+    QX_UNROLL for (int j = 0; j < 4; j++)
+        acc[j] = _mm256_add_ps(acc[j], acc[j + 4]);
+    acc[0] = _mm256_add_ps(acc[0], acc[2]);
+    acc[1] = _mm256_add_ps(acc[1], acc[3]);
+    double s = QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
+    return (float)(s + QX(f16_tail)(i, n, w, a, false));
+}
+
+static QX_TARGET float QX(dotf_f16)(int64_t n, const void *w, const void *a)
+{
+    if (n % 16)
+        return QX(dote_f16)(n, w, a);
+    return QX(f16_dot)(n, w, a);
+}
+
+static QX_TARGET void QX(dotf4_f16)(int64_t n, const void *w, const void *const a[4],
+                                    float out[4])
+{
+    if (n % 16) {
+        for (int k = 0; k < 4; k++)
+            out[k] = QX(dote_f16)(n, w, a[k]);
+        return;
+    }
+    QX(f16_dot4)(n, w, a, out);
+}
+
+/* the 16 bf16 values at p as two float vectors: elements 2l+1 and 2l */
+static inline QX_ALWAYS QX_TARGET void QX(ld_bf16_pairs)(const uint16_t *p, __m256 *odd,
+                                                         __m256 *even)
+{
+    __m256i v = QX(load256)(p);
+    *odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
+    *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+/* one 32-element pair step of activation rows a[k] (k < na) into the 16-lane
+ * accumulators (lo[k], hi[k]) */
+static inline QX_ALWAYS QX_TARGET void QX(bf16_pstep)(const uint16_t *w, const uint16_t *const *a,
+                                                      int64_t e0, int na, __m256 *lo, __m256 *hi)
+{
+    __m256 wo0, we0, wo1, we1;
+    QX(ld_bf16_pairs)(w + e0, &wo0, &we0);
+    QX(ld_bf16_pairs)(w + e0 + 16, &wo1, &we1);
+    QX_UNROLL for (int k = 0; k < na; k++) {
+        __m256 ao0, ae0, ao1, ae1;
+        QX(ld_bf16_pairs)(a[k] + e0, &ao0, &ae0);
+        QX(ld_bf16_pairs)(a[k] + e0 + 16, &ao1, &ae1);
+        lo[k] = _mm256_fmadd_ps(we0, ae0, _mm256_fmadd_ps(wo0, ao0, lo[k]));
+        hi[k] = _mm256_fmadd_ps(we1, ae1, _mm256_fmadd_ps(wo1, ao1, hi[k]));
+    }
+}
+
+static QX_TARGET float QX(dote_bf16)(int64_t n, const void *wv, const void *av)
+{
+    const uint16_t *w = wv, *const a[1] = {av};
+    __m256 lo[2], hi[2];
+    lo[0] = lo[1] = hi[0] = hi[1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        QX(bf16_pstep)(w, a, i, 1, &lo[0], &hi[0]);
+        QX(bf16_pstep)(w, a, i + 32, 1, &lo[1], &hi[1]);
+    }
+    double s = QX(hsum)(_mm256_add_ps(lo[0], hi[0]));
+    s += QX(hsum)(_mm256_add_ps(lo[1], hi[1]));
+    return (float)(s + QX(f16_tail)(i, n, w, a[0], true));
+}
+
+static inline QX_ALWAYS QX_TARGET void QX(bf16_rows)(int64_t n, const void *wv,
+                                                     const void *const *av, int na, float *out)
+{
+    const uint16_t *w = wv, *a[4] = {0};
+    __m256 lo[4], hi[4];
+    QX_UNROLL for (int k = 0; k < na; k++) {
+        a[k] = av[k];
+        lo[k] = hi[k] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < n; i += 32)
+        QX(bf16_pstep)(w, a, i, na, lo, hi);
+    QX_UNROLL for (int k = 0; k < na; k++)
+        out[k] = QX(hsum)(_mm256_add_ps(lo[k], hi[k]));
+}
+
+static QX_TARGET float QX(dotf_bf16)(int64_t n, const void *w, const void *a)
+{
+    if (n % 32)
+        return QX(dote_bf16)(n, w, a);
+    const void *av[1] = {a};
+    float o;
+    QX(bf16_rows)(n, w, av, 1, &o);
+    return o;
+}
+
+static QX_TARGET void QX(dotf4_bf16)(int64_t n, const void *w, const void *const a[4],
+                                     float out[4])
+{
+    if (n % 32) {
+        for (int k = 0; k < 4; k++)
+            out[k] = QX(dote_bf16)(n, w, a[k]);
+        return;
+    }
+    QX(bf16_rows)(n, w, a, 4, out);
+}
 
 /* ---- q8_0, q8_1, q4_0, q4_1, q5_0, q5_1 (blocks of 32) --------------------- */
 
@@ -326,6 +457,32 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(reduce8)(const __m256i *p)
                             _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
+/* q4_0, two blocks b and b + 1 at once: lanes 0..3 of the result sum to
+ * block b's integer dot, lanes 4..7 to block b + 1's. The weights' nibbles
+ * stay in place ([lo_b | lo_b1], [hi_b | hi_b1]); the activations are
+ * regrouped to match instead. */
+static inline QX_ALWAYS QX_TARGET __m256i QX(q4_0_pair)(const blk_q4_0 *w, const blk_q8_0 *a,
+                                                        int64_t b)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF), k8 = _mm256_set1_epi8(8);
+    __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)w[b + 1].qs),
+                                 _mm_loadu_si128((const __m128i *)w[b].qs));
+    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(x, m4), k8);
+    __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), k8);
+    __m256i a0 = QX(load256)(a[b].qs), a1 = QX(load256)(a[b + 1].qs);
+    __m256i alo = _mm256_permute2x128_si256(a0, a1, 0x20);
+    __m256i ahi = _mm256_permute2x128_si256(a0, a1, 0x31);
+    __m256i p = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(lo, lo), _mm256_sign_epi8(alo, lo));
+    return DPBUSD(p, _mm256_sign_epi8(hi, hi), _mm256_sign_epi8(ahi, hi));
+}
+
+/* totals of eight blocks from four pair vectors: [t0, ..., t7] */
+static inline QX_ALWAYS QX_TARGET __m256i QX(reduce4pairs)(const __m256i *v)
+{
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
 {
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -342,16 +499,26 @@ static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
     {                                                                                     \
         int64_t nb = n / QK32, i = 0;                                                     \
         float s = 0.0f;                                                                   \
+        __m128 sv = _mm_setzero_ps(); /* q4_0 chain: lane 0 */                        \
         for (; i + 8 <= nb; i += 8) {                                                     \
             __m256i p[8];                                                                 \
             float t[8];                                                                    \
-            QX_UNROLL for (int b = 0; b < 8; b++)                                                   \
-                p[b] = QX(NAME##_int)(w, a, i + b);                                       \
-            __m256 isum = _mm256_cvtepi32_ps(QX(reduce8)(p));                             \
+            __m256 isum;                                                              \
+            if (FMA) { /* q4_0: two blocks per vector */                              \
+                QX_UNROLL for (int b = 0; b < 4; b++)                                 \
+                    p[b] = QX(q4_0_pair)((const blk_q4_0 *)(const void *)w,           \
+                                         (const blk_q8_0 *)(const void *)a, i + 2 * b);\
+                isum = _mm256_cvtepi32_ps(QX(reduce4pairs)(p));                       \
+            } else {                                                                  \
+                QX_UNROLL for (int b = 0; b < 8; b++)                                 \
+                    p[b] = QX(NAME##_int)(w, a, i + b);                               \
+                isum = _mm256_cvtepi32_ps(QX(reduce8)(p));                            \
+            }                                                                         \
             if (FMA) {                                                                    \
                 _mm256_storeu_ps(t, isum);                                                \
                 QX_UNROLL for (int b = 0; b < 8; b++)                                               \
-                    s = QX(fma1)(t[b], QX(h2f)(w[i + b].d) * QX(h2f)(a[i + b].d), s);                                         \
+                    sv = _mm_fmadd_ss(_mm_load_ss(&t[b]),                             \
+                                      _mm_set_ss(QX(h2f)(w[i + b].d) * QX(h2f)(a[i + b].d)), sv);\
                 continue;                                                                 \
             }                                                                             \
             __m256 d = _mm256_mul_ps(QX(h8)(&w[i].d, sizeof(WT)), QX(h8)(&a[i].d, sizeof(AT))); \
@@ -371,7 +538,7 @@ static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
             float d = QX(h2f)(w[i].d) * QX(h2f)(a[i].d);                                  \
             float isum = (float)QX(hsum_i32)(QX(NAME##_int)(w, a, i));                    \
             if (FMA) {                                                                    \
-                s = QX(fma1)(isum, d, s);                                                       \
+                sv = _mm_fmadd_ss(_mm_set_ss(isum), _mm_set_ss(d), sv);               \
                 continue;                                                                 \
             }                                                                             \
             float v = d * isum;                                                           \
@@ -383,7 +550,7 @@ static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
             }                                                                             \
             s += v;                                                                       \
         }                                                                                 \
-        return s;                                                                         \
+        return FMA ? _mm_cvtss_f32(sv) : s;                                           \
     }                                                                                     \
     static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
     {                                                                                     \
@@ -436,6 +603,154 @@ static QX_TARGET void QX(q8_0_dot4)(int64_t n, const void *w, const void *const 
 {
     QX(q8_0_rows)(n, w, a, 4, out);
 }
+
+#if QX_PASS == 2
+/* q8_0 gemm (VNNI): register tiles of up to 4 weight rows x 4 activation
+ * rows, so each loaded block serves several outputs. Every output keeps the
+ * chain of q8_0_rows (acc = fma(dw*da, lanes, acc) per block in order, then
+ * hsum8), so tiles, dot and dot4 give the same bits. Integer lanes in the
+ * offset form: (a + 128 as u8) * w minus 128 * (lane sum of w), exact for
+ * any bytes, one vpdpbusd per (row, activation) pair. Per group of four
+ * weight rows, the corrections and the rows' scales (as floats) are
+ * tabulated once; the activations' scales once per call. */
+#define QX_GEMM_MAXB 256                 /* blocks per row with tables */
+#define QX_GEMM_ACT_SCALES (16 * 1024)   /* activation scales per pass */
+#define QX_GEMM_ACT_BYTES (512u * 1024u) /* activation bytes per pass (L2) */
+
+static inline QX_ALWAYS QX_TARGET void QX(q8_0_tile)(int64_t nb, const uint8_t *w, size_t wrb,
+                                                     const __m256i *corr, const float *dwt,
+                                                     const uint8_t *a, size_t arb,
+                                                     const float *dat, float *prod, int nr,
+                                                     int nc, float *out, int64_t ostride)
+{
+    const blk_q8_0 *wr[4] = {0}, *ar[4] = {0};
+    __m256 acc[4][4];
+    const __m256i off = _mm256_set1_epi8((char)0x80);
+    /* the scale products dw*da of every block first, so the main loop
+     * takes them as broadcast memory operands of its FMAs */
+    for (int64_t i = 0; i < nb; i++) {
+        __m128 dw = _mm_load_ps(dwt + 4 * i);
+        QX_UNROLL for (int c = 0; c < nc; c++)
+            _mm_store_ps(prod + 16 * i + 4 * c,
+                         _mm_mul_ps(dw, _mm_broadcast_ss(dat + (size_t)c * (size_t)nb + i)));
+    }
+    QX_UNROLL for (int r = 0; r < nr; r++) {
+        wr[r] = (const blk_q8_0 *)(const void *)(w + (size_t)r * wrb);
+        QX_UNROLL for (int c = 0; c < nc; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    }
+    QX_UNROLL for (int c = 0; c < nc; c++)
+        ar[c] = (const blk_q8_0 *)(const void *)(a + (size_t)c * arb);
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i wq[4];
+        const float *d = prod + 16 * i;
+        QX_UNROLL for (int r = 0; r < nr; r++)
+            wq[r] = QX(load256)(wr[r][i].qs);
+        QX_UNROLL for (int c = 0; c < nc; c++) {
+            __m256i aq = _mm256_xor_si256(QX(load256)(ar[c][i].qs), off);
+            QX_UNROLL for (int r = 0; r < nr; r++) {
+                __m256i p = DPBUSD(_mm256_load_si256(corr + 4 * i + r), aq, wq[r]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 4 * c + r),
+                                            _mm256_cvtepi32_ps(p), acc[r][c]);
+            }
+        }
+    }
+    QX_UNROLL for (int r = 0; r < nr; r++)
+        QX_UNROLL for (int c = 0; c < nc; c++)
+            out[(int64_t)c * ostride + r] = QX(hsum)(acc[r][c]);
+}
+
+static QX_TARGET void QX(q8_0_gemm)(int64_t n, const void *w, size_t wrb, int64_t r0, int64_t r1,
+                                    const void *act, size_t arb, int64_t n_act, float *out,
+                                    int64_t n_rows_out)
+{
+    const int64_t nb = n / QK32;
+    const uint8_t *wb = w, *ab = act;
+    if (n_act == 1) { /* decode: two rows at a time (two FMA chains) */
+        const blk_q8_0 *av = (const blk_q8_0 *)act;
+        int64_t r = r0;
+        for (; r + 2 <= r1; r += 2) {
+            const blk_q8_0 *w0 = (const blk_q8_0 *)(const void *)(wb + (size_t)r * wrb);
+            const blk_q8_0 *w1 = (const blk_q8_0 *)(const void *)(wb + (size_t)(r + 1) * wrb);
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            for (int64_t i = 0; i < nb; i++) {
+                __m256i aq = QX(load256)(av[i].qs);
+                __m256 da = _mm256_cvtph_ps(_mm_set1_epi16((short)av[i].d));
+                __m256i q0 = QX(load256)(w0[i].qs), q1 = QX(load256)(w1[i].qs);
+                __m256i p0 = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(q0, q0), _mm256_sign_epi8(aq, q0));
+                __m256i p1 = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(q1, q1), _mm256_sign_epi8(aq, q1));
+                acc0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)w0[i].d)), da), _mm256_cvtepi32_ps(p0), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)w1[i].d)), da), _mm256_cvtepi32_ps(p1), acc1);
+            }
+            out[r] = QX(hsum)(acc0);
+            out[r + 1] = QX(hsum)(acc1);
+        }
+        for (; r < r1; r++)
+            out[r] = QX(q8_0_dot)(n, wb + (size_t)r * wrb, ab);
+        return;
+    }
+    if (nb > QX_GEMM_MAXB || nb == 0) { /* rows too long for the tables */
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t j = 0; j < n_act; j++)
+                out[j * n_rows_out + r] = QX(q8_0_dot)(n, wb + (size_t)r * wrb,
+                                                       ab + (size_t)j * arb);
+        return;
+    }
+    __m256i corr[4 * QX_GEMM_MAXB];
+    _Alignas(16) float dwt[4 * QX_GEMM_MAXB];
+    _Alignas(16) float prod[16 * QX_GEMM_MAXB];
+    float dat[QX_GEMM_ACT_SCALES];
+    const __m256i zero = _mm256_setzero_si256(), off = _mm256_set1_epi8((char)0x80);
+    int64_t chunk = (int64_t)(QX_GEMM_ACT_BYTES / arb);
+    if (chunk > QX_GEMM_ACT_SCALES / nb)
+        chunk = QX_GEMM_ACT_SCALES / nb;
+    chunk = chunk < 4 ? 4 : chunk & ~(int64_t)3;
+    for (int64_t j0 = 0; j0 < n_act; j0 += chunk) {
+        int64_t j1 = j0 + chunk < n_act ? j0 + chunk : n_act;
+        for (int64_t j = j0; j < j1; j++) {
+            const blk_q8_0 *ar = (const blk_q8_0 *)(const void *)(ab + (size_t)j * arb);
+            for (int64_t i = 0; i < nb; i++)
+                dat[(j - j0) * nb + i] = QX(h2f)(ar[i].d);
+        }
+        for (int64_t r = r0; r < r1; r += 4) {
+            int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+            const uint8_t *wp = wb + (size_t)r * wrb;
+            for (int q = 0; q < 4; q++) {
+                /* rows past the group's end repeat its last row (unused) */
+                const blk_q8_0 *b =
+                    (const blk_q8_0 *)(const void *)(wp + (size_t)(q < nr ? q : nr - 1) * wrb);
+                for (int64_t i = 0; i < nb; i++) {
+                    corr[4 * i + q] = _mm256_sub_epi32(
+                        zero, DPBUSD(zero, off, QX(load256)(b[i].qs)));
+                    dwt[4 * i + q] = QX(h2f)(b[i].d);
+                }
+            }
+            for (int64_t j = j0; j < j1; j += 4) {
+                int nc = j1 - j < 4 ? (int)(j1 - j) : 4;
+                const uint8_t *ap = ab + (size_t)j * arb;
+                const float *dp = dat + (j - j0) * nb;
+                float *op = out + j * n_rows_out + r;
+#define QX_T(R, C)                                                                        \
+    case (R) * 8 + (C):                                                                   \
+        QX(q8_0_tile)(nb, wp, wrb, corr, dwt, ap, arb, dp, prod, R, C, op, n_rows_out);         \
+        break;
+                switch (nr * 8 + nc) {
+                    QX_T(4, 4) QX_T(4, 3) QX_T(4, 2) QX_T(4, 1)
+                    QX_T(3, 4) QX_T(3, 3) QX_T(3, 2) QX_T(3, 1)
+                    QX_T(2, 4) QX_T(2, 3) QX_T(2, 2) QX_T(2, 1)
+                    QX_T(1, 4) QX_T(1, 3) QX_T(1, 2) QX_T(1, 1)
+                default:
+                    break;
+                }
+#undef QX_T
+            }
+        }
+    }
+}
+#undef QX_GEMM_MAXB
+#undef QX_GEMM_ACT_SCALES
+#undef QX_GEMM_ACT_BYTES
+#endif /* QX_PASS == 2 */
 
 /* MF, SF: the weight's m and the activation's s fields (HAS_M only; the
  * others name d, never read) */
@@ -864,10 +1179,15 @@ static void QX(fill)(quant_kernels *ks)
     ks->dot4[MOE_TYPE_F32] = QX(dotf4_f32);
     ks->dot4[MOE_TYPE_F16] = QX(dotf4_f16);
     ks->dot4[MOE_TYPE_BF16] = QX(dotf4_bf16);
+    ks->dot_expert[MOE_TYPE_F16] = QX(dote_f16);
+    ks->dot_expert[MOE_TYPE_BF16] = QX(dote_bf16);
 #define QX_SET(T, NAME)                    \
     ks->dot[T] = QX(NAME##_dot);           \
     ks->dot4[T] = QX(NAME##_dot4);
     QX_SET(MOE_TYPE_Q8_0, q8_0)
+#if QX_PASS == 2
+    ks->gemm[MOE_TYPE_Q8_0] = QX(q8_0_gemm);
+#endif
     QX_SET(MOE_TYPE_Q8_1, q8_1)
     QX_SET(MOE_TYPE_Q4_0, q4_0)
     QX_SET(MOE_TYPE_Q4_1, q4_1)

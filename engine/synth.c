@@ -488,12 +488,16 @@ typedef struct {
     float **scratch;       /* [n_threads] rows of max_row floats */
 } synth_job;
 
-static void synth_fill_rows(void *arg, int ith, int nth)
+#define SYNTH_CHUNKS 64
+
+/* Chunk `chunk` of SYNTH_CHUNKS covers a contiguous range of rows. */
+static void synth_fill_rows(void *arg, int ith, int64_t chunk)
 {
     const synth_job *j = arg;
     const synth_tensor *t = j->t;
     const int64_t n = t->ne[0];
-    const int64_t r0 = j->n_rows * ith / nth, r1 = j->n_rows * (ith + 1) / nth;
+    const int64_t r0 = j->n_rows * chunk / SYNTH_CHUNKS;
+    const int64_t r1 = j->n_rows * (chunk + 1) / SYNTH_CHUNKS;
     float *row = j->scratch[ith];
     float center = t->init == SYNTH_INIT_NORM ? 1.0f : 0.0f;
     float scale = t->init == SYNTH_INIT_NORM ? 0.1f : 1.0f / sqrtf((float)n);
@@ -561,7 +565,7 @@ static moe_status synth_fill(const synth_plan *plan, uint8_t *scratch_base,
         job.index = (int64_t)i;
         job.seed = seed;
         job.scratch = rows;
-        tp_run(pool, synth_fill_rows, &job);
+        tp_run_chunks(pool, SYNTH_CHUNKS, synth_fill_rows, &job);
         done += (double)t->nbytes;
         if (progress && !progress(done, total, ud)) {
             st = moe_fail(MOE_ERR_CANCELLED, "synth: cancelled");

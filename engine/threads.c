@@ -2,9 +2,12 @@
  * threads.c - persistent worker pool for the forward pass.
  *
  * A forward pass dispatches hundreds of small parallel jobs per token, so
- * wake-up latency matters more than idle CPU: workers spin on a generation
- * counter for a while before sleeping on a condition variable. Depends on
- * pthreads and C11 atomics only.
+ * wake-up latency matters: workers spin briefly on a generation counter
+ * before sleeping on a condition variable. Chunks are claimed through an
+ * atomic counter. A worker joins a job only while it is open; the caller
+ * closes it once every chunk is claimed and then waits only for workers
+ * that joined, never for one that has not been scheduled yet.
+ * Depends on pthreads and C11 atomics only.
  */
 #include "config.h"
 
@@ -15,18 +18,24 @@
 
 #include "threads.h"
 
-#define TP_SPIN_ITERS 4000 /* worker spins before sleeping */
-#define TP_WAIT_SPINS 20000  /* caller spins before yielding */
+#define TP_SPIN_ITERS 4000  /* worker spins before sleeping */
+#define TP_WAIT_SPINS 20000 /* caller spins before yielding */
+
+/* ctrl word: generation in the high 32 bits, bit 31 = open, bits 0-30 =
+ * workers inside the job */
+#define TP_OPEN ((uint64_t)1 << 31)
+#define TP_ACTIVE_MASK (TP_OPEN - 1)
 
 struct tp_pool {
     int n_threads;
     pthread_t *tids;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint gen;      /* bumped once per job */
-    atomic_int n_done;    /* workers finished with the current job */
+    _Atomic uint64_t ctrl;
     atomic_int stop;
-    tp_fn fn;
+    atomic_int_fast64_t next; /* next chunk to claim */
+    int64_t n_chunks;
+    tp_chunk_fn fn;
     void *arg;
 };
 
@@ -42,18 +51,29 @@ static inline void tp_pause(void)
 #endif
 }
 
-static void *tp_main(void *p)
+static void tp_claim_all(tp_pool *p, int ith)
 {
-    tp_worker *w = p;
-    tp_pool *pool = w->pool;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (c >= p->n_chunks)
+            return;
+        p->fn(p->arg, ith, c);
+    }
+}
+
+static void *tp_main(void *arg)
+{
+    tp_worker *w = arg;
+    tp_pool *p = w->pool;
     int ith = w->ith;
-    unsigned seen = 0;
+    uint64_t seen_gen = 0;
     free(w);
     for (;;) {
-        unsigned g;
+        uint64_t ctrl;
         long spins = 0;
-        while ((g = atomic_load_explicit(&pool->gen, memory_order_acquire)) == seen &&
-               !atomic_load(&pool->stop)) {
+        while (((ctrl = atomic_load_explicit(&p->ctrl, memory_order_acquire)) >> 32) ==
+                   seen_gen &&
+               !atomic_load(&p->stop)) {
             if (++spins < TP_SPIN_ITERS) {
                 if (spins % 256 == 0)
                     sched_yield();
@@ -61,16 +81,24 @@ static void *tp_main(void *p)
                     tp_pause();
                 continue;
             }
-            pthread_mutex_lock(&pool->mu);
-            while (atomic_load(&pool->gen) == seen && !atomic_load(&pool->stop))
-                pthread_cond_wait(&pool->cv, &pool->mu);
-            pthread_mutex_unlock(&pool->mu);
+            pthread_mutex_lock(&p->mu);
+            while ((atomic_load(&p->ctrl) >> 32) == seen_gen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
         }
-        if (atomic_load(&pool->stop))
+        if (atomic_load(&p->stop))
             break;
-        seen = g;
-        pool->fn(pool->arg, ith, pool->n_threads);
-        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+        seen_gen = ctrl >> 32;
+        /* join while the job is open and still the one we saw */
+        while ((ctrl >> 32) == seen_gen && (ctrl & TP_OPEN)) {
+            if (atomic_compare_exchange_weak_explicit(&p->ctrl, &ctrl, ctrl + 1,
+                                                      memory_order_acq_rel,
+                                                      memory_order_acquire)) {
+                tp_claim_all(p, ith);
+                atomic_fetch_sub_explicit(&p->ctrl, 1, memory_order_release);
+                break;
+            }
+        }
     }
     return NULL;
 }
@@ -87,29 +115,25 @@ tp_pool *tp_create(int n_threads)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->tids = calloc((size_t)n_threads, sizeof *p->tids);
-    if (!p->tids)
-        goto fail;
-    for (int i = 1; i < n_threads; i++) {
-        tp_worker *w = malloc(sizeof *w);
-        if (!w)
-            goto fail_threads;
-        w->pool = p;
-        w->ith = i;
-        if (pthread_create(&p->tids[i], NULL, tp_main, w) != 0) {
-            free(w);
-            goto fail_threads;
-        }
-        continue;
-    fail_threads:
-        p->n_threads = i; /* join the ones started */
+    if (!p->tids) {
+        p->n_threads = 1;
         tp_free(p);
         return NULL;
     }
+    for (int i = 1; i < n_threads; i++) {
+        tp_worker *w = malloc(sizeof *w);
+        if (w) {
+            w->pool = p;
+            w->ith = i;
+        }
+        if (!w || pthread_create(&p->tids[i], NULL, tp_main, w) != 0) {
+            free(w);
+            p->n_threads = i; /* join the ones started */
+            tp_free(p);
+            return NULL;
+        }
+    }
     return p;
-fail:
-    free(p->tids);
-    free(p);
-    return NULL;
 }
 
 void tp_free(tp_pool *p)
@@ -133,26 +157,36 @@ int tp_n_threads(const tp_pool *p)
     return p ? p->n_threads : 1;
 }
 
-void tp_run(tp_pool *p, tp_fn fn, void *arg)
+void tp_run_chunks(tp_pool *p, int64_t n_chunks, tp_chunk_fn fn, void *arg)
 {
-    int n_workers;
-    if (!p || p->n_threads == 1) {
-        fn(arg, 0, 1);
+    uint64_t ctrl, gen;
+    if (n_chunks <= 0)
+        return;
+    if (!p || p->n_threads == 1 || n_chunks == 1) {
+        for (int64_t c = 0; c < n_chunks; c++)
+            fn(arg, 0, c);
         return;
     }
-    n_workers = p->n_threads - 1;
     p->fn = fn;
     p->arg = arg;
-    atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
+    p->n_chunks = n_chunks;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    /* publish: new generation, open, nobody inside */
+    gen = (atomic_load(&p->ctrl) >> 32) + 1;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    atomic_store_explicit(&p->ctrl, gen << 32 | TP_OPEN, memory_order_release);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n_threads);
-    /* Spin briefly, then yield: on an oversubscribed machine a worker may
-     * be waiting for this very core. */
-    for (long spins = 0;
-         atomic_load_explicit(&p->n_done, memory_order_acquire) < n_workers; spins++) {
+
+    tp_claim_all(p, 0);
+
+    /* close: late workers must not join any more */
+    ctrl = atomic_load(&p->ctrl);
+    while (!atomic_compare_exchange_weak(&p->ctrl, &ctrl, ctrl & ~TP_OPEN))
+        ;
+    /* wait for the workers that joined (they hold claimed chunks) */
+    for (long spins = 0; atomic_load_explicit(&p->ctrl, memory_order_acquire) & TP_ACTIVE_MASK;
+         spins++) {
         if (spins < TP_WAIT_SPINS)
             tp_pause();
         else

@@ -65,6 +65,7 @@ struct host {
     /* whose code runs now: plugin index, -1 = trusted */
     int cur_plugin;
     int next_handler_id;
+    volatile sig_atomic_t *intr; /* interrupt flag (host_set_interrupt) */
     host_plugin plugins[HOST_MAX_PLUGINS];
     int n_plugins;
     char **disabled_names; /* from the config */
@@ -146,6 +147,11 @@ static void host_hook(lua_State *L, lua_Debug *ar)
 {
     host *h = host_from_lua(L);
     (void)ar;
+    /* trusted code only: plugins have their instruction limit, and a
+     * Ctrl-C meant for a generation must not disable a plugin whose event
+     * handler happens to run at that moment */
+    if (h && h->intr && *h->intr && h->cur_plugin < 0)
+        luaL_error(L, "interrupted");
     if (!h || !h->instr_on)
         return;
     h->instr_left -= lua_gethookcount(L);
@@ -592,6 +598,16 @@ void host_set_ui(host *h, const host_ui *ui)
     }
 }
 
+void host_set_interrupt(host *h, volatile sig_atomic_t *flag)
+{
+    h->intr = flag;
+}
+
+bool host_in_sandbox(const host *h)
+{
+    return h->cur_plugin >= 0 && !h->p.plugins_unsafe;
+}
+
 bool host_headless(const host *h)
 {
     return !h->has_ui;
@@ -1015,6 +1031,17 @@ int host_emit_token(host *h, const moe_model *model, int32_t id, int32_t pos)
     lua_State *L = h->L;
     size_t len = 0;
     const char *piece = model ? moe_token_piece(model, id, &len) : NULL;
+    if (!host_has_handlers(h, HOST_EV_TOKEN))
+        return 0;
+    lua_pushinteger(L, id);
+    lua_pushlstring(L, piece ? piece : "", piece ? len : 0);
+    lua_pushinteger(L, pos);
+    return host_dispatch(h, HOST_EV_TOKEN, 3);
+}
+
+int host_emit_token_text(host *h, int32_t id, const char *piece, size_t len, int32_t pos)
+{
+    lua_State *L = h->L;
     if (!host_has_handlers(h, HOST_EV_TOKEN))
         return 0;
     lua_pushinteger(L, id);

@@ -23,6 +23,7 @@
 #ifndef MOE_LUA_HOST_H
 #define MOE_LUA_HOST_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -121,6 +122,17 @@ bool host_run_string(host *h, const char *code, const char *chunkname);
  * returns false and *out holds the message (also logged). out may be NULL. */
 bool host_eval(host *h, const char *line, char **out);
 
+/* Interrupt flag (e.g. set by a SIGINT handler; NULL = none): while it is
+ * non-zero, trusted Lua code that runs raises "interrupted" within about a
+ * thousand instructions. Plugin code is not interrupted (its instruction
+ * limit stops it; an interrupt would disable it). The host only reads the
+ * flag; the owner clears it. Lets the studio stop a runaway `:lua`. */
+void host_set_interrupt(host *h, volatile sig_atomic_t *flag);
+
+/* true while sandboxed plugin code runs (for callbacks that give access to
+ * files, e.g. host_ui.session, and must refuse it to the sandbox). */
+bool host_in_sandbox(const host *h);
+
 /* true when code is an unfinished chunk (a REPL should read more lines). */
 bool host_incomplete(host *h, const char *code);
 
@@ -187,6 +199,10 @@ const char *host_event_name(host_event ev);
 bool host_has_handlers(host *h, host_event ev);
 /* on_token(id, piece, pos) */
 int host_emit_token(host *h, const moe_model *model, int32_t id, int32_t pos);
+/* on_token(id, piece, pos) with the piece given as text (len bytes): for
+ * hosts that must not touch the model (the studio passes the token record's
+ * display text from its UI thread while the worker owns the model). */
+int host_emit_token_text(host *h, int32_t id, const char *piece, size_t len, int32_t pos);
 /* on_route(entry): entry is the table ctx:trace_get() gives */
 int host_emit_route(host *h, const moe_trace_dims *dims, const moe_trace_token *tok);
 /* on_exit(pos, token, exit_layer, n_layer) */

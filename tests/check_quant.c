@@ -404,6 +404,7 @@ static bool exact_order(moe_type t, int64_t n)
 {
     switch (t) {
     case MOE_TYPE_F32: return n % 16 == 0;
+    case MOE_TYPE_F16: case MOE_TYPE_BF16: return true;
     case MOE_TYPE_Q4_0: case MOE_TYPE_Q4_1: case MOE_TYPE_Q5_0: case MOE_TYPE_Q5_1:
     case MOE_TYPE_Q8_0: case MOE_TYPE_Q8_1: case MOE_TYPE_Q4_K: case MOE_TYPE_Q5_K:
     case MOE_TYPE_Q6_K:
@@ -439,6 +440,16 @@ START_TEST(test_dot_fast_vs_ref)
             ck_assert_msg(fabs((double)f - r) <= 1e-5 * c.sabs,
                           "%s n=%lld [%s]: fast %.8g ref %.8g", quant_type_name((int)t),
                           (long long)c.n, quant_kernel_name(), (double)f, (double)r);
+            /* the expert order (quant_gemm_expert): bit-identical too */
+            float re = quant_ref_dot_expert(t, c.n, c.w, c.a), fe = -1.0f;
+            quant_gemm_expert(t, c.n, c.w, quant_row_bytes(t, c.n), 0, 1, c.a,
+                              quant_row_bytes(quant_vec_dot_type(t), c.n), 1, &fe, 1);
+            if (exact_order(t, c.n))
+                ck_assert_msg(fe == re, "%s n=%lld [%s]: expert fast %.9g != ref %.9g",
+                              quant_type_name((int)t), (long long)c.n, quant_kernel_name(),
+                              (double)fe, (double)re);
+            ck_assert_msg(fabs((double)fe - r) <= 1e-5 * c.sabs, "%s n=%lld: expert %.8g ref %.8g",
+                          quant_type_name((int)t), (long long)c.n, (double)fe, (double)r);
             dot_case_free(&c);
         }
     quant_kernels_select(NULL);

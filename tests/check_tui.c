@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../lua/host.h"
 #include "testutil.h"
 #include "ui.h"
 
@@ -609,6 +610,241 @@ START_TEST(panes_follow_selection)
 }
 END_TEST
 
+
+/* ---- the studio's Lua side (lua_ui.c) without a terminal ------------------ */
+
+static bool log_has(const tui_app *a, const char *needle)
+{
+    for (int i = 0; i < a->log_n; i++) {
+        int k = (a->log_head - a->log_n + i + TUI_LOG_LINES) % TUI_LOG_LINES;
+        if (a->log[k] && strstr(a->log[k], needle))
+            return true;
+    }
+    return false;
+}
+
+static int log_count(const tui_app *a, const char *needle)
+{
+    int n = 0;
+    for (int i = 0; i < a->log_n; i++) {
+        int k = (a->log_head - a->log_n + i + TUI_LOG_LINES) % TUI_LOG_LINES;
+        n += a->log[k] && strstr(a->log[k], needle);
+    }
+    return n;
+}
+
+static bool log_err_has(const tui_app *a, const char *needle)
+{
+    for (int i = 0; i < a->log_n; i++) {
+        int k = (a->log_head - a->log_n + i + TUI_LOG_LINES) % TUI_LOG_LINES;
+        if (a->log[k] && a->log_err[k] && strstr(a->log[k], needle))
+            return true;
+    }
+    return false;
+}
+
+/* The value of a Lua expression as a string (caller frees). */
+static char *lua_val(host *h, const char *expr)
+{
+    char *out = NULL;
+    ck_assert_msg(host_eval(h, expr, &out), "eval %s: %s", expr, out ? out : "");
+    return out;
+}
+
+START_TEST(lua_commands_panes_keys)
+{
+    tui_app a;
+    host *h = host_new(NULL);
+    char name[16];
+    ck_assert_ptr_nonnull(h);
+    tui_app_init(&a);
+    tui_lua_attach(&a, h);
+    tui_app_line(&a, ":lua 1+1");
+    ck_assert(log_has(&a, "lua> 1+1"));
+    ck_assert(log_has(&a, "= 2"));
+    tui_app_line(&a, ":lua error('kaboom')");
+    ck_assert(log_err_has(&a, "kaboom"));
+    ck_assert_ptr_nonnull(a.lua_error); /* the traceback, for :traceback */
+    ck_assert_ptr_nonnull(strstr(a.lua_error, "stack traceback"));
+    tui_app_line(&a, ":traceback");
+    ck_assert_int_eq(a.n_lpane, 1);
+    ck_assert_str_eq(a.lpane[0].title, "lua error");
+    /* a command registered from Lua gets the raw text after its name */
+    tui_app_line(&a, ":lua moe.ui.command('hi', function(s) print('hi [' .. s .. ']') end, 'x')");
+    tui_app_line(&a, ":hi  a \"b\"  c");
+    ck_assert(log_has(&a, "hi [a \"b\"  c]"));
+    tui_app_line(&a, ":nosuchthing");
+    ck_assert(log_err_has(&a, "unknown command ':nosuchthing'"));
+    /* a built-in wins over a Lua command of the same name */
+    tui_app_line(&a, ":lua moe.ui.command('pane', function() print('LUA' .. 'PANE') end)");
+    tui_app_line(&a, ":pane");
+    ck_assert(!log_has(&a, "LUAPANE"));
+    ck_assert(log_has(&a, "panes: 1 lua error"));
+    /* text panes: reopened by title, set by id, shown in the inspector's place */
+    tui_app_line(&a, ":lua pid = moe.ui.pane('notes', 'one\\ntwo')");
+    ck_assert_int_eq(a.n_lpane, 2);
+    ck_assert_int_eq(a.lpane_show, 2);
+    ck_assert_str_eq(a.lpane[1].text, "one\ntwo");
+    tui_app_line(&a, ":lua moe.ui.pane_set(pid, 'three')");
+    ck_assert_str_eq(a.lpane[1].text, "three");
+    tui_app_line(&a, ":lua moe.ui.pane('notes', 'four')");
+    ck_assert_int_eq(a.n_lpane, 2);
+    ck_assert_str_eq(a.lpane[1].text, "four");
+    tui_app_line(&a, ":pane close");
+    ck_assert_int_eq(a.lpane_show, 0);
+    tui_app_line(&a, ":pane notes");
+    ck_assert_int_eq(a.lpane_show, 2);
+    /* progress bars */
+    tui_app_line(&a, ":lua moe.ui.progress('job', 0.25)");
+    ck_assert_str_eq(a.bar[0].label, "job");
+    ck_assert(fabs(a.bar[0].frac - 0.25) < 1e-9);
+    tui_app_line(&a, ":lua moe.ui.progress('job', -1)");
+    ck_assert_ptr_null(a.bar[0].label);
+    /* keys */
+    ck_assert(tui_lua_key_name(KEY_F(7), true, name, sizeof name));
+    ck_assert_str_eq(name, "F7");
+    ck_assert(tui_lua_key_name(24, false, name, sizeof name));
+    ck_assert_str_eq(name, "C-x");
+    ck_assert(tui_lua_key_name(0xe9, false, name, sizeof name));
+    ck_assert_str_eq(name, "\xc3\xa9");
+    ck_assert(!tui_lua_key_name('\t', false, name, sizeof name));
+    ck_assert(!tui_lua_key_name(KEY_LEFT, true, name, sizeof name));
+    tui_app_line(&a, ":lua moe.ui.bind('F7', function(k) print('pressed ' .. k) end, 'demo')");
+    ck_assert_int_eq(a.n_lkey, 1);
+    ck_assert(tui_lua_key(&a, KEY_F(7), true));
+    ck_assert(log_has(&a, "pressed F7"));
+    ck_assert(!tui_lua_key(&a, KEY_F(8), true));
+    /* notify goes to the log, errors in red */
+    tui_app_line(&a, ":lua moe.ui.notify('careful', 'error')");
+    ck_assert(log_err_has(&a, "careful"));
+    tui_app_free(&a);
+    host_free(h);
+}
+END_TEST
+
+START_TEST(lua_events_from_records)
+{
+    tui_app a;
+    host *h = host_new(NULL);
+    char *v, path[512];
+    char err[256];
+    ck_assert_ptr_nonnull(h);
+    tui_app_init(&a);
+    tui_doc_free(&a.doc);
+    mk_doc(&a.doc);
+    tui_lua_attach(&a, h);
+    free(lua_val(h, "got = {}; "
+                    "moe.on('on_token', function(id, piece, pos) got[#got + 1] = "
+                    "  string.format('tok %d %s %d', id, piece, pos) end); "
+                    "moe.on('on_exit', function(pos, t, l, n) got[#got + 1] = "
+                    "  string.format('exit %d %d %d %d', pos, t, l, n) end); "
+                    "moe.on('on_route', function(e) local l0 = e.layers[1]; got[#got + 1] = "
+                    "  string.format('route %d %s %d,%d %s', e.pos, tostring(e.prefill), "
+                    "  l0.sel[1], l0.sel[2], tostring(e.layers[2].moe)) end)"));
+    for (int i = 0; i < a.doc.n_tok; i++)
+        tui_lua_token(&a, a.doc.toks[i]);
+    v = lua_val(h, "table.concat(got, '|')");
+    ck_assert_str_eq(v, "tok 1  w1 0|exit 0 1 0 3|route 0 true 0,1 false|"
+                        "tok 2  w2 1|exit 1 2 1 3|route 1 true 1,2 false|"
+                        "tok 3 \"q\\3\" 2|route 2 false 2,3 false|"
+                        "tok 4  w4 3|exit 3 4 0 3|route 3 false 3,0 false|"
+                        "tok 5  w5 4");
+    free(v);
+    /* a handler that replaces the document: the record is not used after */
+    tui_lua_step(&a, "idle", 5, "generating");
+    ck_assert(tui_session_save(&a.doc, tu_tmp_path(path, sizeof path, "lua_ev.json"), err,
+                               sizeof err));
+    free(lua_val(h, "got = {}; moe.on('on_step', function(w, i, info) "
+                    "got[#got + 1] = w .. ' ' .. i .. ' ' .. tostring(info) end)"));
+    tui_lua_step(&a, "idle", 5, "generating");
+    v = lua_val(h, "table.concat(got, '|')");
+    ck_assert_str_eq(v, "idle 5 generating");
+    free(v);
+    {
+        char code[700];
+        snprintf(code, sizeof code,
+                 "got = {}; moe.on('on_token', function() "
+                 "  if not imported then imported = true; assert(moe.session_import('%s')) end "
+                 "end)", path);
+        free(lua_val(h, code));
+    }
+    tui_lua_token(&a, a.doc.toks[0]);
+    ck_assert(a.replay);
+    v = lua_val(h, "table.concat(got, '|')");
+    /* the first on_token handler ran, then the import stopped the rest */
+    ck_assert_str_eq(v, "tok 1  w1 0");
+    free(v);
+    tui_app_free(&a);
+    host_free(h);
+}
+END_TEST
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char p[700];
+    FILE *f;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(lua_plugins_isolated)
+{
+    tui_app a;
+    host_params hp = host_default_params();
+    host *h;
+    char dir[512];
+    hp.plugin_instr_limit = 2000000;
+    h = host_new(&hp);
+    ck_assert_ptr_nonnull(h);
+    tui_app_init(&a);
+    tui_lua_attach(&a, h);
+    tu_tmp_path(dir, sizeof dir, "lua_plugins");
+    mkdir(dir, 0700);
+    write_file(dir, "a_good.lua", "moe.ui.command('good', function() print('good ran') end)\n"
+                                  "moe.ui.command('spin', function() while true do end end)\n");
+    write_file(dir, "b_bad.lua", "local x = nil\nx.boom = 1\n");
+    write_file(dir, "c_loop.lua", "while true do end\n");
+    write_file(dir, "d_io.lua", "io.write('sandbox?')\n");
+    write_file(dir, "e_sess.lua", "local ok, err = moe.session_export('/tmp/x.json')\n"
+                                  "assert(not ok and err:find('sandboxed'), err)\n"
+                                  "error('session refused')\n");
+    ck_assert_int_eq(host_load_plugins(h, dir), 1);
+    ck_assert_int_eq(host_plugin_count(h), 5);
+    /* no files through the studio's session callback either */
+    ck_assert(log_err_has(&a, "session refused"));
+    ck_assert(log_err_has(&a, "plugin b_bad"));
+    ck_assert(log_err_has(&a, "instruction limit exceeded"));
+    ck_assert(log_err_has(&a, "plugin d_io")); /* no io in the sandbox */
+    tui_app_line(&a, ":good");
+    ck_assert(log_has(&a, "good ran"));
+    /* Ctrl-C (the SIGINT flag) stops trusted code only ... */
+    tui_sig_int = 1;
+    tui_app_line(&a, ":lua while true do end");
+    ck_assert(log_err_has(&a, "error: interrupted"));
+    /* ... a runaway plugin command is stopped by its instruction limit and
+     * the plugin disabled */
+    tui_app_line(&a, ":spin");
+    tui_sig_int = 0;
+    ck_assert(log_err_has(&a, "plugin a_good disabled: instruction limit exceeded"));
+    tui_app_line(&a, ":good"); /* its commands stop running */
+    ck_assert_int_eq(log_count(&a, "good ran"), 1);
+    tui_app_line(&a, ":plugins");
+    ck_assert(log_has(&a, "plugins (0 of 5 on): a_good off, b_bad off, c_loop off, d_io off, "
+                          "e_sess off"));
+    ck_assert_int_eq(a.lpane_show, 1);
+    ck_assert_ptr_nonnull(strstr(a.lpane[0].text, "c_loop           off"));
+    ck_assert_ptr_nonnull(strstr(a.lpane[0].text, "instruction limit"));
+    /* trusted :lua still works after all that */
+    tui_app_line(&a, ":lua 6*7");
+    ck_assert(log_has(&a, "= 42"));
+    tui_app_free(&a);
+    host_free(h);
+}
+END_TEST
+
 static Suite *tui_suite(void)
 {
     Suite *s = suite_create("tui");
@@ -625,6 +861,9 @@ static Suite *tui_suite(void)
     tcase_add_test(tc, atomic_write);
     tcase_add_test(tc, export_kinds);
     tcase_add_test(tc, panes_follow_selection);
+    tcase_add_test(tc, lua_commands_panes_keys);
+    tcase_add_test(tc, lua_events_from_records);
+    tcase_add_test(tc, lua_plugins_isolated);
     suite_add_tcase(s, tc);
     tc = tcase_create("models");
     tcase_set_timeout(tc, 60);

@@ -3,8 +3,8 @@
  * commands: `moe-studio [-m MODEL] [-t N]` (the workbench), `moe-studio
  * replay FILE.json` (browse a saved session without the model) and the
  * headless `moe-studio export` (generate and write a session, or convert a
- * saved session to JSON/SVG/HTML/CSV). Wires term, worker, cmdline and
- * screen together; owns no drawing.
+ * saved session to JSON/SVG/HTML/CSV). Wires term, worker, cmdline, the
+ * Lua host (with its plugins) and screen together; owns no drawing.
  */
 #include "config.h"
 
@@ -13,15 +13,95 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "../lua/host.h"
 #include "cli.h"
 #include "ui.h"
+
+#ifndef MOE_PKGDATADIR
+#define MOE_PKGDATADIR "/usr/local/share/moe-studio"
+#endif
+#ifndef MOE_TOP_SRCDIR
+#define MOE_TOP_SRCDIR "."
+#endif
+
+static bool studio_is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The bundled plugins: $MOE_PLUGIN_DIR, else plugins/ beside the binary
+ * (build tree), else the installed data directory, else the source tree
+ * (an out-of-tree build). NULL when none exists. */
+static const char *studio_plugin_dir(char *buf, size_t n)
+{
+    const char *env = getenv("MOE_PLUGIN_DIR");
+    char exe[PATH_MAX];
+    ssize_t len;
+    if (env && *env) {
+        snprintf(buf, n, "%s", env);
+        return buf;
+    }
+    len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        char *slash;
+        exe[len] = '\0';
+        slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            if (snprintf(buf, n, "%s/plugins", exe) < (int)n && studio_is_dir(buf))
+                return buf;
+        }
+    }
+    snprintf(buf, n, "%s/plugins", MOE_PKGDATADIR);
+    if (studio_is_dir(buf))
+        return buf;
+    snprintf(buf, n, "%s/plugins", MOE_TOP_SRCDIR);
+    return studio_is_dir(buf) ? buf : NULL;
+}
+
+/* The Lua host of a studio session: trusted top level (:lua, :source),
+ * the user's config, then the bundled and the user's plugins in their
+ * sandboxes. Every failure is logged; the studio runs without Lua only
+ * when the host cannot be created at all. */
+static host *studio_lua(tui_app *a)
+{
+    host_params hp = host_default_params();
+    host *h = host_new(&hp);
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    int n_ok = 0, n_all;
+    if (!h) {
+        tui_log(a, true, "Lua: cannot start the host (out of memory)");
+        return NULL;
+    }
+    tui_lua_attach(a, h);
+    host_config_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/config.lua", dir);
+    host_load_config(h, path);
+    if (studio_plugin_dir(path, sizeof path))
+        n_ok += host_load_plugins(h, path);
+    snprintf(path, sizeof path, "%s/plugins", dir);
+    n_ok += host_load_plugins(h, path);
+    n_all = host_plugin_count(h);
+    if (n_all > n_ok)
+        tui_log(a, true, "Lua: %d plugin%s loaded, %d disabled (:plugins lists them)", n_ok,
+                n_ok == 1 ? "" : "s", n_all - n_ok);
+    else if (n_all > 0)
+        tui_log(a, false, "Lua: %d plugin%s loaded (:plugins lists them)", n_ok,
+                n_ok == 1 ? "" : "s");
+    /* a plugin pane opened while loading is not what the user asked for */
+    a->lpane_show = 0;
+    return h;
+}
 
 static int studio_session(tui_app *a, int n_threads, const char *model, const char *cmd)
 {
     char err[512];
     tui_worker w;
+    host *lua;
     int rc;
     if (!tui_term_init(err, sizeof err)) {
         tui_app_free(a);
@@ -34,6 +114,7 @@ static int studio_session(tui_app *a, int n_threads, const char *model, const ch
     }
     a->worker = &w;
     tui_cmdline_init(a);
+    lua = studio_lua(a);
     if (model) {
         tui_worker_post(&w, TUI_JOB_LOAD, model, 0, 0, NULL);
         tui_log(a, false, "loading %s ...", model);
@@ -45,6 +126,10 @@ static int studio_session(tui_app *a, int n_threads, const char *model, const ch
     tui_term_restore();
     tui_worker_stop(&w);
     a->worker = NULL;
+    if (lua) {
+        host_set_ui(lua, NULL); /* Lua's last words (__gc) go to stdout */
+        host_free(lua);
+    }
     tui_app_free(a);
     return rc;
 }

@@ -101,9 +101,14 @@ static char *cl_gen_cmds(const char *text, int state)
         i = 0;
         len = strlen(t);
     }
-    while (i < tui_n_cmds) {
-        const char *n = tui_cmds[i++].name;
-        if (strncmp(n, t, len) == 0) {
+    while (i < tui_n_cmds + (size_t)(cl_app ? tui_lua_command_count(cl_app) : 0)) {
+        const char *n = NULL;
+        if (i < tui_n_cmds)
+            n = tui_cmds[i].name;
+        else
+            tui_lua_command_get(cl_app, (int)(i - tui_n_cmds), &n, NULL);
+        i++;
+        if (n && strncmp(n, t, len) == 0) {
             size_t nl = strlen(n);
             char *r = malloc(nl + 2);
             if (r)

@@ -1,9 +1,11 @@
 /*
  * commands.c - the studio's `:` commands as one dispatch table (load, gen,
  * step, run, pause, reset, set, route, exit, bricks, export, import, lua,
- * source, help, quit), the handling of an entered line (text generates from
- * it) and the key help shown by the overlay. Engine commands are forwarded
- * to the worker thread; nothing here touches the engine directly.
+ * source, plugins, pane, traceback, help, quit), the handling of an entered
+ * line (text generates from it; unknown `:` commands go to the ones Lua
+ * registered) and the key help shown by the overlay. Engine commands are
+ * forwarded to the worker thread; nothing here touches the engine directly;
+ * the Lua side is in lua_ui.c.
  */
 #include "config.h"
 
@@ -95,6 +97,7 @@ static void cm_reset(tui_app *a, int argc, char **argv)
         a->replay = false;
         tui_doc_free(&a->doc);
         tui_doc_init(&a->doc);
+        a->doc_gen++;
         a->sel = -1;
         a->follow = true;
         tui_log(a, false, "closed the imported session");
@@ -128,42 +131,79 @@ static void cm_export(tui_app *a, int argc, char **argv)
         tui_log(a, true, "usage: :export FILE.json|FILE.svg|FILE.html|FILE.csv");
         return;
     }
-    if (tui_export_any(&a->doc, argv[1], err, sizeof err))
+    if (tui_export_any(&a->doc, argv[1], err, sizeof err)) {
         tui_log(a, false, "exported %d tokens to %s", (int)a->doc.n_tok, argv[1]);
-    else
+        tui_lua_session(a, "export", argv[1]);
+    } else
         tui_log(a, true, "export: %s", err);
 }
 
-static void cm_import(tui_app *a, int argc, char **argv)
+bool tui_app_import(tui_app *a, const char *path, char *err, size_t errn)
 {
     tui_doc d;
-    char err[512];
-    if (argc < 2) {
-        tui_log(a, true, "usage: :import FILE.json");
-        return;
-    }
     tui_doc_init(&d);
-    if (!tui_session_load(&d, argv[1], err, sizeof err)) {
+    if (!tui_session_load(&d, path, err, errn)) {
         tui_doc_free(&d);
-        tui_log(a, true, "import: %s", err);
-        return;
+        return false;
     }
     if (a->worker)
         tui_worker_cancel(a->worker);
     tui_doc_free(&a->doc);
     a->doc = d;
+    a->doc_gen++;
     a->replay = true;
     a->sel = d.n_tok > 0 ? 0 : -1;
     a->follow = false;
     a->tr_top = 0;
-    tui_log(a, false, "imported %s: %d tokens, %d turns (browse with <- ->)", argv[1],
+    a->dirty = true;
+    tui_log(a, false, "imported %s: %d tokens, %d turns (browse with <- ->)", path,
             (int)d.n_tok, (int)d.n_turn);
+    return true;
+}
+
+static void cm_import(tui_app *a, int argc, char **argv)
+{
+    char err[512];
+    if (argc < 2) {
+        tui_log(a, true, "usage: :import FILE.json");
+        return;
+    }
+    if (!tui_app_import(a, argv[1], err, sizeof err)) {
+        tui_log(a, true, "import: %s", err);
+        return;
+    }
+    tui_lua_session(a, "import", argv[1]);
 }
 
 static void cm_lua(tui_app *a, int argc, char **argv)
 {
     (void)argc;
-    tui_log(a, true, "%s: Lua scripting is not built yet", argv[0]);
+    (void)argv;
+    tui_lua_eval(a, a->cmd_rest);
+}
+
+static void cm_source(tui_app *a, int argc, char **argv)
+{
+    tui_lua_source(a, argc, argv);
+}
+
+static void cm_plugins(tui_app *a, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    tui_lua_plugins(a);
+}
+
+static void cm_pane(tui_app *a, int argc, char **argv)
+{
+    tui_lua_pane_cmd(a, argc, argv);
+}
+
+static void cm_traceback(tui_app *a, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    tui_lua_traceback(a);
 }
 
 static void cm_help(tui_app *a, int argc, char **argv)
@@ -200,8 +240,13 @@ const tui_cmd tui_cmds[] = {
     {"export", "FILE", "save the session: .json .svg (heatmap) .html (report) .csv (stats)",
      cm_export},
     {"import", "FILE.json", "browse a saved session (no model needed)", cm_import},
-    {"lua", "CODE", "run Lua code", cm_lua},
-    {"source", "FILE.lua", "run a Lua file", cm_lua},
+    {"lua", "CODE", "run Lua code; an expression's value is shown (Ctrl-C stops it)", cm_lua},
+    {"source", "FILE.lua [ARGS]", "run a Lua file (it may add commands, keys, panes)",
+     cm_source},
+    {"plugins", "", "list the plugins, their state and the Lua commands and keys", cm_plugins},
+    {"pane", "[N|TITLE|close]", "list / show / hide Lua text panes (shown in the inspector's "
+                                "place)", cm_pane},
+    {"traceback", "", "the last Lua error with its traceback", cm_traceback},
     {"help", "", "this help (key: ?)", cm_help},
     {"quit", "", "leave the studio (key: q)", cm_quit},
 };
@@ -219,7 +264,7 @@ const tui_key_help tui_keys_help[] = {
     {"[ ]", "heatmap timeline: previous / next layer"},
     {"i Enter", "type a prompt; Enter generates from it"},
     {":", "type a command (Tab completes, Up/Down history)"},
-    {"Esc", "leave the command line / close help"},
+    {"Esc", "leave the command line / close help / back from a Lua pane"},
     {"Ctrl-C", "stop generation (not the program)"},
     {"Ctrl-L", "redraw the screen"},
     {"?", "this help"},
@@ -247,14 +292,25 @@ void tui_app_line(tui_app *a, const char *line)
         return;
     argc = tui_split_args(buf, argv, 32);
     if (argc > 0) {
+        /* the raw text after the command's name (Lua code, plugin args) */
+        const char *rest = line + 1;
         size_t i;
+        while (*rest == ' ')
+            rest++;
+        while (*rest && *rest != ' ')
+            rest++;
+        while (*rest == ' ')
+            rest++;
+        a->cmd_rest = rest;
         for (i = 0; i < tui_n_cmds; i++)
             if (!strcmp(argv[0], tui_cmds[i].name)) {
                 tui_cmds[i].fn(a, argc, argv);
                 break;
             }
-        if (i == tui_n_cmds)
+        /* then commands that Lua code registered (built-ins come first) */
+        if (i == tui_n_cmds && !tui_lua_command(a, argv[0], rest))
             tui_log(a, true, "unknown command ':%s' (:help lists them)", argv[0]);
+        a->cmd_rest = NULL;
     }
     free(buf);
 }

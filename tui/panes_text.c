@@ -179,23 +179,106 @@ void tui_draw_inspector(tui_app *a, WINDOW *w, int h, int wd)
     }
 }
 
+/* One row of s in width columns: returns its byte length and sets *next
+ * to where the following row starts (after a space when the row breaks at
+ * one, mid-word only when a word is longer than the row). */
+static size_t pt_wrap_row(const char *s, int width, const char **next)
+{
+    mbstate_t st;
+    const size_t len = strlen(s);
+    size_t off = 0, brk = 0;
+    int cols = 0;
+    memset(&st, 0, sizeof st);
+    while (off < len) {
+        wchar_t wc;
+        size_t k = mbrtowc(&wc, s + off, len - off, &st);
+        int cw = 1;
+        if (k == (size_t)-1 || k == (size_t)-2 || k == 0) {
+            memset(&st, 0, sizeof st);
+            k = 1;
+        } else {
+            cw = wcwidth(wc);
+            if (cw < 0)
+                cw = 1;
+        }
+        if (cols + cw > width)
+            break;
+        if (s[off] == ' ')
+            brk = off;
+        cols += cw;
+        off += k;
+    }
+    if (off >= len) {
+        *next = s + len;
+        return len;
+    }
+    if (brk > 0) {
+        *next = s + brk + 1;
+        return brk;
+    }
+    if (off == 0)
+        off = 1;
+    *next = s + off;
+    return off;
+}
+
+#define PT_LOG_WRAP 3 /* rows a long log line may take */
+
+static int pt_log_rows(const char *s, int width)
+{
+    int rows = 0;
+    do {
+        pt_wrap_row(s, width, &s);
+        rows++;
+    } while (*s && rows < PT_LOG_WRAP);
+    return rows;
+}
+
 void tui_draw_log(tui_app *a, WINDOW *w, int h, int wd)
 {
-    int n = h - 1, first;
+    int n = h - 1, last, first, rows = 0, y = 1, skip;
     char extra[32] = "";
     if (a->log_scroll > 0)
         snprintf(extra, sizeof extra, "scrolled %d", a->log_scroll);
     tui_draw_title(a, w, TUI_PANE_LOG, wd, extra);
+    if (n <= 0 || wd < 2)
+        return;
     if (a->log_scroll > a->log_n - n)
         a->log_scroll = a->log_n - n > 0 ? a->log_n - n : 0;
-    first = a->log_n - n - a->log_scroll;
-    if (first < 0)
-        first = 0;
-    for (int i = 0; i < n && first + i < a->log_n; i++) {
-        int k = (a->log_head - a->log_n + first + i + TUI_LOG_LINES) % TUI_LOG_LINES;
+    /* newest shown entry, then back while the rows fill the pane; long
+     * lines wrap at spaces (up to PT_LOG_WRAP rows each) */
+    last = a->log_n - 1 - a->log_scroll;
+    first = last + 1;
+    while (first > 0 && rows < n) {
+        int k = (a->log_head - a->log_n + first - 1 + TUI_LOG_LINES) % TUI_LOG_LINES;
+        rows += pt_log_rows(a->log[k] ? a->log[k] : "", wd - 1);
+        first--;
+    }
+    skip = rows > n ? rows - n : 0;
+    for (int i = first; i <= last && y <= n; i++) {
+        int k = (a->log_head - a->log_n + i + TUI_LOG_LINES) % TUI_LOG_LINES;
+        const char *s = a->log[k] ? a->log[k] : "";
+        int r = 0;
         wattrset(w, a->log_err[k] ? tui_attr(TUI_C_ERROR) : A_NORMAL);
-        wmove(w, i + 1, 1);
-        tui_put(w, a->log[k], wd - 1);
+        do {
+            char row[1024];
+            const char *next;
+            size_t len = pt_wrap_row(s, wd - 1, &next);
+            r++;
+            if (r == PT_LOG_WRAP)
+                len = strlen(s); /* the last row is clipped */
+            if (len >= sizeof row)
+                len = sizeof row - 1;
+            if (skip > 0) {
+                skip--;
+            } else {
+                memcpy(row, s, len);
+                row[len] = '\0';
+                wmove(w, y++, 1);
+                tui_put(w, row, wd - 1);
+            }
+            s = next;
+        } while (*s && r < PT_LOG_WRAP && y <= n);
     }
     wattrset(w, A_NORMAL);
 }
@@ -224,17 +307,20 @@ void tui_draw_status(tui_app *a, WINDOW *w, int wd)
     wattrset(w, tui_attr(TUI_C_STATUS));
     mvwhline(w, 0, 0, ' ', wd);
     if (m->path)
+        /* the state comes early: a narrow terminal clips the end */
         snprintf(buf, sizeof buf,
-                 " %s%s | %s %s %.2fM | %s | ctx %d/%d | %.0f tok/s | %.0f MiB | %s "
+                 " %s%s | %s | %s %s %.2fM | %s | ctx %d/%d | %.0f tok/s | %.0f MiB "
                  "| ?:help",
-                 a->replay ? "replay: " : "", m->name ? m->name : "", m->arch ? m->arch : "",
-                 m->ftype ? m->ftype : "", (double)m->n_params / 1e6, moe, a->replay ? (int)s.n_tokens : (int)a->ctx_pos,
-                 a->replay ? (int)a->doc.set.n_ctx : (int)a->n_ctx, s.tok_s, pt_rss_mib(),
-                 a->busy ? (a->busy_what ? a->busy_what : "busy") : "idle");
+                 a->replay ? "replay: " : "", m->name ? m->name : "",
+                 a->busy ? (a->busy_what ? a->busy_what : "busy") : "idle",
+                 m->arch ? m->arch : "", m->ftype ? m->ftype : "", (double)m->n_params / 1e6,
+                 moe, a->replay ? (int)s.n_tokens : (int)a->ctx_pos,
+                 a->replay ? (int)a->doc.set.n_ctx : (int)a->n_ctx, s.tok_s, pt_rss_mib());
     else
         snprintf(buf, sizeof buf, " moe-studio | no model | :load FILE.gguf | mem %.0f MiB | ?:help",
                  pt_rss_mib());
     wmove(w, 0, 0);
     tui_put(w, buf, wd);
     wattrset(w, A_NORMAL);
+    tui_lua_draw_bars(a, w, wd);
 }

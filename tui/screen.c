@@ -3,7 +3,8 @@
  * into the document, the key table of normal mode, focus and zoom, layout
  * and windows (relayout on KEY_RESIZE), the help overlay, batched drawing
  * (wnoutrefresh + doupdate) and the one event loop (poll on the terminal,
- * the signal pipe and the worker pipe).
+ * the signal pipe and the worker pipe). Worker events reach Lua handlers
+ * from here (tui_lua_*), on this thread, after the document took them.
  */
 #include "config.h"
 
@@ -30,6 +31,7 @@ void tui_app_init(tui_app *a)
 
 void tui_app_free(tui_app *a)
 {
+    tui_lua_free(a);
     tui_doc_free(&a->doc);
     for (int i = 0; i < TUI_LOG_LINES; i++)
         free(a->log[i]);
@@ -98,16 +100,21 @@ void tui_app_event(tui_app *a, tui_event *e)
         a->n_ctx = e->n_ctx;
     }
     switch (e->kind) {
-    case TUI_EV_TOKEN:
+    case TUI_EV_TOKEN: {
+        tui_tok *t = e->tok;
         if (a->replay)
             break;
-        if (tui_doc_append(&a->doc, e->tok) && a->follow)
-            a->sel = a->doc.n_tok - 1;
         e->tok = NULL;
+        if (tui_doc_append(&a->doc, t)) {
+            if (a->follow)
+                a->sel = a->doc.n_tok - 1;
+            tui_lua_token(a, t); /* the document's record now */
+        }
         break;
+    }
     case TUI_EV_TURN:
-        if (!a->replay)
-            tui_doc_begin_turn(&a->doc, e->msg ? e->msg : "");
+        if (!a->replay && tui_doc_begin_turn(&a->doc, e->msg ? e->msg : ""))
+            tui_lua_step(a, "turn", a->doc.n_turn, e->msg);
         break;
     case TUI_EV_LOG:
         tui_log(a, e->error, "%s", e->msg ? e->msg : "");
@@ -129,10 +136,12 @@ void tui_app_event(tui_app *a, tui_event *e)
         a->tr_top = 0;
         free(a->model_path);
         a->model_path = a->doc.meta.path ? strdup(a->doc.meta.path) : NULL;
+        a->doc_gen++;
         tui_log(a, false, "loaded %s (%s, %d layers, %d experts top-%d, vocab %d)",
                 a->doc.meta.path, a->doc.meta.arch, (int)a->doc.meta.n_layer,
                 (int)a->doc.meta.n_expert, (int)a->doc.meta.n_expert_used,
                 (int)a->doc.meta.n_vocab);
+        tui_lua_step(a, "load", 0, a->doc.meta.path);
         break;
     case TUI_EV_SETTINGS:
         if (!a->replay)
@@ -145,7 +154,10 @@ void tui_app_event(tui_app *a, tui_event *e)
         e->msg = NULL;
         break;
     case TUI_EV_IDLE:
-        a->busy = false;
+        if (a->busy) {
+            a->busy = false;
+            tui_lua_step(a, "idle", a->doc.n_tok, a->busy_what);
+        }
         break;
     case TUI_EV_RESET:
         if (a->replay)
@@ -155,6 +167,7 @@ void tui_app_event(tui_app *a, tui_event *e)
         a->follow = true;
         a->tr_top = 0;
         tui_log(a, false, "reset: transcript and context cleared");
+        tui_lua_step(a, "reset", 0, NULL);
         break;
     default:
         break;
@@ -233,7 +246,9 @@ static void k_lnext(tui_app *a)
 
 static void k_scroll(tui_app *a, int d)
 {
-    if (a->focus == TUI_PANE_LOG) {
+    if (a->focus == TUI_PANE_INSPECTOR && a->lpane_show > 0) {
+        tui_lua_pane_scroll(a, d);
+    } else if (a->focus == TUI_PANE_LOG) {
         a->log_scroll -= d;
         if (a->log_scroll < 0)
             a->log_scroll = 0;
@@ -342,6 +357,17 @@ static void app_draw_help(tui_app *a)
     HELP_LINE("Commands (type : first; text without : generates from it)");
     for (size_t i = 0; i < tui_n_cmds; i++)
         HELP_LINE("  :%-7s %-15s %s", tui_cmds[i].name, tui_cmds[i].args, tui_cmds[i].help);
+    if (tui_lua_command_count(a) > 0 || a->n_lkey > 0) {
+        HELP_LINE("%s", "");
+        HELP_LINE("From Lua (plugins, :source)");
+        for (int i = 0; i < tui_lua_command_count(a); i++) {
+            const char *cn = NULL, *ch = NULL;
+            if (tui_lua_command_get(a, i, &cn, &ch))
+                HELP_LINE("  :%-23s %s", cn ? cn : "", ch ? ch : "");
+        }
+        for (int i = 0; i < a->n_lkey; i++)
+            HELP_LINE("  key %-20s %s", a->lkey[i].key, a->lkey[i].help ? a->lkey[i].help : "");
+    }
 #undef HELP_LINE
     wnoutrefresh(hw);
     delwin(hw);
@@ -360,7 +386,10 @@ static void app_draw(tui_app *a)
             if (!w)
                 continue;
             werase(w);
-            app_draw_fns[i](a, w, a->lay.pane[i].h, a->lay.pane[i].w);
+            if (i == TUI_PANE_INSPECTOR && a->lpane_show > 0)
+                tui_lua_draw_pane(a, w, a->lay.pane[i].h, a->lay.pane[i].w);
+            else
+                app_draw_fns[i](a, w, a->lay.pane[i].h, a->lay.pane[i].w);
             wnoutrefresh(w);
         }
         if (a->status_w) {
@@ -425,8 +454,12 @@ static void app_read_keys(tui_app *a)
         } else if (a->cmd_active) {
             tui_cmdline_key(a, key, code);
         } else if (key == 27) {
-            /* Esc: nothing to leave */
-        } else if (!tui_app_key(a, key)) {
+            /* Esc: back from a Lua text pane to the inspector */
+            if (a->lpane_show > 0) {
+                a->lpane_show = 0;
+                a->dirty = true;
+            }
+        } else if (!tui_app_key(a, key) && !tui_lua_key(a, key, code)) {
             continue;
         }
         if (!a->lay.too_small) {

@@ -140,6 +140,31 @@ typedef enum {
     TUI_HEAT_COUNT
 } tui_heat_mode;
 
+/* Plugin text panes (moe.ui.pane), progress bars (moe.ui.progress) and
+ * plugin key bindings (lua_ui.c). */
+#define TUI_LUA_PANES 16
+#define TUI_LUA_BARS 4
+#define TUI_LUA_KEYS 64
+
+typedef struct {
+    int id;          /* > 0 */
+    char *title;
+    char *text;      /* lines separated by '\n' */
+    int scroll;
+} tui_lua_pane;
+
+typedef struct {
+    char *label;     /* NULL: slot free */
+    double frac;
+    unsigned seq;    /* last update (the newest is shown first) */
+} tui_lua_bar;
+
+typedef struct {
+    char *key, *help;
+} tui_lua_keyhelp;
+
+struct host;
+
 typedef struct tui_app {
     tui_doc doc;
     tui_worker *worker;  /* NULL in a pure replay */
@@ -169,6 +194,19 @@ typedef struct tui_app {
     int scroll[TUI_PANE_COUNT];
     bool cmd_active;
     int32_t ctx_pos, n_ctx;
+    /* Lua (lua_ui.c); all of it is used on the UI thread only */
+    struct host *lua;    /* NULL: no Lua host (not owned) */
+    const char *cmd_rest; /* while a command runs: the text after its name */
+    unsigned doc_gen;    /* bumped whenever the document is replaced */
+    tui_lua_pane lpane[TUI_LUA_PANES];
+    int n_lpane, lpane_next_id;
+    int lpane_show;      /* 1-based pane shown in the inspector's place, 0 = none */
+    tui_lua_bar bar[TUI_LUA_BARS];
+    unsigned bar_seq;
+    double bar_drawn;    /* monotonic seconds of the last eager status redraw */
+    tui_lua_keyhelp lkey[TUI_LUA_KEYS];
+    int n_lkey;
+    char *lua_error;     /* the last Lua error with its traceback */
 } tui_app;
 
 void tui_app_init(tui_app *a);
@@ -183,6 +221,51 @@ void tui_app_select(tui_app *a, int32_t i);
 bool tui_app_key(tui_app *a, int key);
 /* Run the interactive loop until quit; returns an exit status. */
 int tui_app_run(tui_app *a);
+
+/* Replace the document by a saved session (browse mode); false with a
+ * reason in err (the current document is kept). */
+bool tui_app_import(tui_app *a, const char *path, char *err, size_t errn);
+
+/* ---- Lua (lua_ui.c): the host_ui callbacks of the studio ---------------
+ * tui_lua_attach points the host's UI at the app (log pane, text panes in
+ * the inspector's place, progress bars in the status bar, plugin keys) and
+ * lets Ctrl-C interrupt Lua. Events reach Lua only through these calls,
+ * made by the UI thread from the worker's queued records: the engine
+ * objects themselves are never handed to Lua. */
+void tui_lua_attach(tui_app *a, struct host *h);
+/* Free the panes, bars and key list (the host is the caller's). */
+void tui_lua_free(tui_app *a);
+/* on_token / on_exit / on_route for a record just added to the document. */
+void tui_lua_token(tui_app *a, const tui_tok *t);
+/* on_step(what, i, info) and on_session(action, path). */
+void tui_lua_step(tui_app *a, const char *what, int64_t i, const char *info);
+void tui_lua_session(tui_app *a, const char *action, const char *path);
+/* A key nobody else took: run the plugin binding of its name ("F7", "C-x",
+ * "g"); false when none is bound. */
+bool tui_lua_key(tui_app *a, int key, bool is_keycode);
+/* Name of a key as plugins bind it; false for keys that have none. */
+bool tui_lua_key_name(int key, bool is_keycode, char *buf, size_t n);
+/* Run a command a plugin registered; false when there is none of that name
+ * (errors of the command itself are logged, and it counts as found). */
+bool tui_lua_command(tui_app *a, const char *name, const char *args);
+int tui_lua_command_count(tui_app *a);
+bool tui_lua_command_get(tui_app *a, int i, const char **name, const char **help);
+/* :lua CODE, :source FILE [ARGS], :plugins, :pane [N|close], :traceback */
+void tui_lua_eval(tui_app *a, const char *code);
+void tui_lua_source(tui_app *a, int argc, char **argv);
+void tui_lua_plugins(tui_app *a);
+void tui_lua_pane_cmd(tui_app *a, int argc, char **argv);
+void tui_lua_traceback(tui_app *a);
+/* Text panes: open (or replace, by title) and show; set the text of id. */
+int tui_lua_pane_open(tui_app *a, const char *title, const char *text);
+void tui_lua_pane_set(tui_app *a, int id, const char *text);
+void tui_lua_progress(tui_app *a, const char *label, double frac);
+/* Scroll the shown pane by d lines (PgUp/PgDn on the inspector's place). */
+void tui_lua_pane_scroll(tui_app *a, int d);
+/* The shown text pane, drawn in the inspector's rectangle. */
+void tui_lua_draw_pane(tui_app *a, WINDOW *w, int h, int wd);
+/* Progress bars into the right end of the status line. */
+void tui_lua_draw_bars(tui_app *a, WINDOW *w, int wd);
 
 /* ---- panes (panes_*.c) ------------------------------------------------- */
 
