@@ -13,6 +13,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "exit.h"
 #include "model.h"
@@ -111,19 +114,84 @@ static void mm_run(moe_ctx *c, const mm_task *tasks, int n_tasks)
     tp_run_chunks(c->pool, job.n_chunks, mm_chunk, &job);
 }
 
+/* ---- row-parallel helpers ---------------------------------------------- */
+
+/* Split n rows into chunks of at least min_rows for the pool; fn gets the
+ * chunk and computes rows [ch * per, ...) itself (rows_range). Small jobs
+ * or one thread: a single chunk on the calling thread. */
+typedef struct {
+    int64_t n;   /* rows */
+    int64_t per; /* rows per chunk */
+} rows_part;
+
+#define ROWS_MIN_PARALLEL_ELEMS (1 << 15)
+
+static void rows_run(moe_ctx *c, rows_part *part, int64_t n, int64_t row_elems, int64_t min_rows,
+                     tp_chunk_fn fn, void *arg)
+{
+    const int nt = tp_n_threads(c->pool);
+    int64_t n_chunks = 1;
+    part->n = n;
+    part->per = n;
+    if (n <= 0)
+        return;
+    if (nt > 1 && n * row_elems >= ROWS_MIN_PARALLEL_ELEMS) {
+        int64_t per = (n + (int64_t)nt * 4 - 1) / ((int64_t)nt * 4);
+        if (per < min_rows)
+            per = min_rows;
+        part->per = per;
+        n_chunks = (n + per - 1) / per;
+    }
+    if (n_chunks == 1)
+        fn(arg, 0, 0);
+    else
+        tp_run_chunks(c->pool, n_chunks, fn, arg);
+}
+
+static void rows_range(const rows_part *part, int64_t ch, int64_t *r0, int64_t *r1)
+{
+    *r0 = ch * part->per;
+    *r1 = *r0 + part->per < part->n ? *r0 + part->per : part->n;
+}
+
+typedef struct {
+    rows_part part;
+    moe_type vt;
+    const float *x;
+    int64_t n_in;
+    char *buf;
+    size_t row_bytes;
+} conv_job;
+
+static void conv_chunk(void *arg, int ith, int64_t ch)
+{
+    const conv_job *job = arg;
+    int64_t r0, r1;
+    (void)ith;
+    rows_range(&job->part, ch, &r0, &r1);
+    for (int64_t j = r0; j < r1; j++)
+        quant_quantize_row(job->vt, job->x + j * job->n_in, job->buf + (size_t)j * job->row_bytes,
+                           job->n_in);
+}
+
 /* Convert n rows of f32 activations (n_in each, stride n_in) for weights of
  * type t into buf. Returns the converted rows and their stride in bytes. */
-static const void *act_convert(moe_type t, const float *x, int64_t n, int64_t n_in, void *buf,
-                               size_t *row_bytes)
+static const void *act_convert(moe_ctx *c, moe_type t, const float *x, int64_t n, int64_t n_in,
+                               void *buf, size_t *row_bytes)
 {
     moe_type vt = quant_vec_dot_type(t);
+    conv_job job;
     if (vt == MOE_TYPE_F32) {
         *row_bytes = (size_t)n_in * sizeof(float);
         return x;
     }
     *row_bytes = quant_row_bytes(vt, n_in);
-    for (int64_t j = 0; j < n; j++)
-        quant_quantize_row(vt, x + j * n_in, (char *)buf + (size_t)j * *row_bytes, n_in);
+    job.vt = vt;
+    job.x = x;
+    job.n_in = n_in;
+    job.buf = buf;
+    job.row_bytes = *row_bytes;
+    rows_run(c, &job.part, n, n_in, 4, conv_chunk, &job);
     return buf;
 }
 
@@ -160,7 +228,7 @@ static mm_task mm_make_expert(const mtensor *w, int64_t expert, const void *act,
 static void matmul(moe_ctx *c, const mtensor *w, const float *x, int64_t n, float *y)
 {
     size_t rb;
-    const void *act = act_convert(w->type, x, n, w->ne[0], c->act_q, &rb);
+    const void *act = act_convert(c, w->type, x, n, w->ne[0], c->act_q, &rb);
     mm_task t = mm_make(w, 0, act, rb, n, y, w->ne[1]);
     mm_run(c, &t, 1);
 }
@@ -234,14 +302,140 @@ static void vec_fma(float *o, const float *v, float w, int32_t n)
         o[d] = fmaf(v[d], w, o[d]);
 }
 
-/* Attention of one query row, in the reference runtime's order (its
+/* Attention of query rows, in the reference runtime's order (its
  * flash-attention kernel, one pass with an online softmax): for each cached
  * position p, s = (k.q summed in order, plain float multiply-adds) * scale;
  * when s raises the running max m the accumulator and the running sum are
  * scaled by expf(m_old - s) and p gets weight 1, else p gets expf(s - m);
  * o += weight * v with fused multiply-adds; finally o *= 1 / sum. Matching
  * this order matters for quantized models: the attention output is
- * re-quantized, so 1-ulp differences flip roundings downstream. */
+ * re-quantized, so 1-ulp differences flip roundings downstream.
+ *
+ * The scores come first, for ATT_TB query rows x ATT_PB positions at a
+ * time: one vector lane per query row, ATT_PU positions in flight, so the
+ * in-order sum of every (row, position) pair is its own lane of its own
+ * accumulator and stays exactly the scalar chain above (multiplies and
+ * adds unfused: FP contraction is off for that kernel). The online softmax
+ * then walks each row's scores in position order, as before. */
+
+#define ATT_TB 8   /* query rows per chunk = vector lanes */
+#define ATT_PB 128 /* positions per score block */
+#define ATT_PU 8   /* positions per step of the score kernel */
+#define ATT_MAX_HD 256 /* wider heads take attn_chunk_row */
+
+typedef float att_vec __attribute__((vector_size(ATT_TB * sizeof(float))));
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+/* sc[j][i] = (sum over d in order of k_j[d] * q_i[d]) * scale, for np
+ * positions j (k_j at k + j * k_stride) and ATT_TB rows i (qt[d][i]). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+static void attn_scores(float *sc, const float *qt, const float *k, size_t k_stride, int32_t np,
+                        int32_t hd, float scale)
+{
+    att_vec *out = (att_vec *)sc;
+    const att_vec *q = (const att_vec *)qt;
+    int32_t j = 0;
+    for (; j + ATT_PU <= np; j += ATT_PU) {
+        const float *kj = k + (size_t)j * k_stride;
+        att_vec a[ATT_PU];
+        for (int u = 0; u < ATT_PU; u++)
+            a[u] = (att_vec){0};
+        for (int32_t d = 0; d < hd; d++) {
+            const att_vec qd = q[d];
+            for (int u = 0; u < ATT_PU; u++) {
+                att_vec prod = qd * kj[(size_t)u * k_stride + (size_t)d];
+                a[u] = a[u] + prod;
+            }
+        }
+        for (int u = 0; u < ATT_PU; u++)
+            out[j + u] = a[u] * scale;
+    }
+    for (; j < np; j++) {
+        const float *kj = k + (size_t)j * k_stride;
+        att_vec a = {0};
+        for (int32_t d = 0; d < hd; d++) {
+            att_vec prod = q[d] * kj[d];
+            a = a + prod;
+        }
+        out[j] = a * scale;
+    }
+}
+#pragma GCC pop_options
+
+/* o[d] for d < hd through np positions j in order: o *= wm[j] when wm[j]
+ * is not 1 (the running max rose), then o = fma(v_j, wv[j], o), one
+ * rounding each, as vec_fma. Elements are independent, so the loop runs
+ * element block by element block, each through all positions. */
+static void attn_accum_ref(float *o, const float *v, size_t v_stride, const float *wm,
+                           const float *wv, int32_t np, int32_t hd)
+{
+    for (int32_t d = 0; d < hd; d++) {
+        float a = o[d];
+        for (int32_t j = 0; j < np; j++) {
+            if (wm[j] != 1.0f)
+                a *= wm[j];
+            a = fmaf(v[(size_t)j * v_stride + (size_t)d], wv[j], a);
+        }
+        o[d] = a;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ATT_ACCUM_X86 1
+__attribute__((target("avx2,fma")))
+static void attn_accum_fma(float *o, const float *v, size_t v_stride, const float *wm,
+                           const float *wv, int32_t np, int32_t hd)
+{
+    int32_t d = 0;
+    for (; d + 64 <= hd; d += 64) { /* eight independent chains */
+        __m256 a[8];
+        for (int u = 0; u < 8; u++)
+            a[u] = _mm256_loadu_ps(o + d + 8 * u);
+        for (int32_t j = 0; j < np; j++) {
+            const float *vj = v + (size_t)j * v_stride + (size_t)d;
+            const __m256 w = _mm256_set1_ps(wv[j]);
+            if (wm[j] != 1.0f) {
+                const __m256 s = _mm256_set1_ps(wm[j]);
+                for (int u = 0; u < 8; u++)
+                    a[u] = _mm256_mul_ps(a[u], s);
+            }
+            for (int u = 0; u < 8; u++)
+                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(vj + 8 * u), w, a[u]);
+        }
+        for (int u = 0; u < 8; u++)
+            _mm256_storeu_ps(o + d + 8 * u, a[u]);
+    }
+    for (; d + 8 <= hd; d += 8) {
+        __m256 a = _mm256_loadu_ps(o + d);
+        for (int32_t j = 0; j < np; j++) {
+            if (wm[j] != 1.0f)
+                a = _mm256_mul_ps(a, _mm256_set1_ps(wm[j]));
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(v + (size_t)j * v_stride + (size_t)d),
+                                _mm256_set1_ps(wv[j]), a);
+        }
+        _mm256_storeu_ps(o + d, a);
+    }
+    if (d < hd)
+        attn_accum_ref(o + d, v + d, v_stride, wm, wv, np, hd - d);
+}
+#endif
+
+static void attn_accum(float *o, const float *v, size_t v_stride, const float *wm,
+                       const float *wv, int32_t np, int32_t hd)
+{
+#ifdef ATT_ACCUM_X86
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        attn_accum_fma(o, v, v_stride, wm, wv, np, hd);
+        return;
+    }
+#endif
+    attn_accum_ref(o, v, v_stride, wm, wv, np, hd);
+}
 
 typedef struct {
     moe_ctx *c;
@@ -250,8 +444,113 @@ typedef struct {
     int32_t pos0;  /* position of the first */
 } attn_job;
 
-/* One chunk = one (token, head) pair. */
+/* Lanes of a chunk: heads of one kv group (they share k and v) times
+ * consecutive tokens. att_lanes gives heads per chunk (hl), head subsets
+ * per group (n_hsub) and tokens per chunk (tb). */
+static void att_lanes(int32_t group, int32_t *hl, int32_t *n_hsub, int32_t *tb)
+{
+    *hl = group < ATT_TB ? group : ATT_TB;
+    *n_hsub = (group + *hl - 1) / *hl;
+    *tb = ATT_TB / *hl;
+}
+
+static int64_t att_n_chunks(const model_hparams *hp, int32_t n)
+{
+    int32_t hl, n_hsub, tb;
+    att_lanes(hp->n_head / hp->n_head_kv, &hl, &n_hsub, &tb);
+    return (int64_t)((n + tb - 1) / tb) * hp->n_head_kv * n_hsub;
+}
+
+/* One chunk = tb consecutive tokens x hl heads of one kv group, one
+ * (token, head) row per lane; the last token blocks (the most positions)
+ * come first. */
 static void attn_chunk(void *arg, int ith, int64_t it)
+{
+    const attn_job *job = arg;
+    moe_ctx *c = job->c;
+    const model_hparams *hp = &c->model->hp;
+    const int32_t hd = hp->n_embd_head, n_head = hp->n_head;
+    const int32_t group = hp->n_head / hp->n_head_kv;
+    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
+    const size_t n_q = (size_t)n_head * (size_t)hd;
+    const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
+    const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    int32_t hl, n_hsub, tb;
+    att_lanes(group, &hl, &n_hsub, &tb);
+    const int32_t per_block = hp->n_head_kv * n_hsub;
+    const int32_t n_blocks = (job->n + tb - 1) / tb;
+    const int32_t b = n_blocks - 1 - (int32_t)(it / per_block);
+    const int32_t g = (int32_t)(it % per_block) / n_hsub, hs = (int32_t)(it % per_block) % n_hsub;
+    const int32_t t0 = b * tb;
+    const size_t kv_off = (size_t)g * (size_t)hd;
+    float qt[ATT_MAX_HD * ATT_TB] __attribute__((aligned(64)));
+    float sc[ATT_PB * ATT_TB] __attribute__((aligned(64)));
+    float m[ATT_TB], s_sum[ATT_TB], wm[ATT_PB], wv[ATT_PB];
+    float *orow[ATT_TB];
+    int32_t lim[ATT_TB]; /* positions lane i sees; 0 = unused lane */
+    int32_t n_pos_max = 0;
+    (void)ith;
+
+    for (int32_t i = 0; i < ATT_TB; i++) {
+        const int32_t t = t0 + i / hl, hi = hs * hl + i % hl;
+        const bool used = i / hl < tb && t < job->n && hi < group;
+        const int32_t h = g * group + hi;
+        lim[i] = used ? job->pos0 + t + 1 : 0;
+        orow[i] = used ? c->att + (size_t)t * n_q + (size_t)h * (size_t)hd : NULL;
+        for (int32_t d = 0; d < hd; d++)
+            qt[d * ATT_TB + i] = used ? c->q[(size_t)t * n_q + (size_t)h * (size_t)hd + (size_t)d]
+                                      : 0.0f;
+        if (used) {
+            m[i] = -INFINITY;
+            s_sum[i] = 0.0f;
+            memset(orow[i], 0, (size_t)hd * sizeof(float));
+            if (lim[i] > n_pos_max)
+                n_pos_max = lim[i];
+        }
+    }
+    for (int32_t pb = 0; pb < n_pos_max; pb += ATT_PB) {
+        const int32_t np = n_pos_max - pb < ATT_PB ? n_pos_max - pb : ATT_PB;
+        attn_scores(sc, qt, kc + (size_t)pb * n_kv + kv_off, n_kv, np, hd, scale);
+        for (int32_t i = 0; i < ATT_TB; i++) {
+            const int32_t pe = lim[i] - pb < np ? lim[i] - pb : np; /* positions seen here */
+            float mi, si;
+            if (pe <= 0)
+                continue;
+            mi = m[i];
+            si = s_sum[i];
+            for (int32_t j = 0; j < pe; j++) { /* the weights, in order */
+                const float s = sc[j * ATT_TB + i];
+                float ms = 1.0f, vs = 1.0f;
+                if (s > mi) {
+                    ms = expf(mi - s);
+                    mi = s;
+                } else {
+                    vs = expf(s - mi);
+                }
+                si = si * ms + vs;
+                wm[j] = ms;
+                wv[j] = vs;
+            }
+            attn_accum(orow[i], vc + (size_t)pb * n_kv + kv_off, n_kv, wm, wv, pe, hd);
+            m[i] = mi;
+            s_sum[i] = si;
+        }
+    }
+    for (int32_t i = 0; i < ATT_TB; i++) {
+        float *o = orow[i];
+        float inv;
+        if (!o)
+            continue;
+        inv = s_sum[i] == 0.0f ? 0.0f : 1.0f / s_sum[i];
+        for (int32_t d = 0; d < hd; d++)
+            o[d] *= inv;
+    }
+}
+
+/* Heads wider than ATT_MAX_HD: one chunk = one (token, head) pair, the
+ * scalar form of the same order. */
+static void attn_chunk_row(void *arg, int ith, int64_t it)
 {
     const attn_job *job = arg;
     moe_ctx *c = job->c;
@@ -320,7 +619,7 @@ static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
 
     /* q, k, v in one dispatch when they share a weight type */
     if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
-        act = act_convert(L->wq.type, c->xn, n, n_embd, c->act_q, &rb);
+        act = act_convert(c, L->wq.type, c->xn, n, n_embd, c->act_q, &rb);
         if (want_q)
             tasks[n_tasks++] = mm_make(&L->wq, 0, act, rb, n, c->q, n_q);
         tasks[n_tasks++] = mm_make(&L->wk, 0, act, rb, n, c->k, n_kv);
@@ -366,14 +665,20 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
     const model_hparams *hp = &c->model->hp;
     const int64_t n_embd = hp->n_embd;
     attn_job job = {c, il, n, c->pos};
+    tp_chunk_fn fn = attn_chunk_row;
+    int64_t n_chunks = (int64_t)n * hp->n_head;
 
     attention_qkv(c, il, n, true);
+    if (hp->n_embd_head <= ATT_MAX_HD) {
+        fn = attn_chunk;
+        n_chunks = att_n_chunks(hp, n);
+    }
     /* work ~ tokens x heads x positions x head size */
     if ((int64_t)n * hp->n_head * (c->pos + n) * hp->n_embd_head < MM_MIN_PARALLEL_MACS)
-        for (int64_t it = 0; it < (int64_t)n * hp->n_head; it++)
-            attn_chunk(&job, 0, it);
+        for (int64_t it = 0; it < n_chunks; it++)
+            fn(&job, 0, it);
     else
-        tp_run_chunks(c->pool, (int64_t)n * hp->n_head, attn_chunk, &job);
+        tp_run_chunks(c->pool, n_chunks, fn, &job);
     matmul(c, &c->model->layers[il].wo, c->att, n, c->ffn_out);
     for (int64_t i = 0; i < (int64_t)n * n_embd; i++)
         c->x[i] += c->ffn_out[i] * hp->residual_scale;
@@ -393,7 +698,7 @@ static void ffn_dense(moe_ctx *c, const mtensor *wg, const mtensor *wu, const mt
     const int64_t n_ff = wg->ne[1], n_embd = wg->ne[0];
     mm_task tasks[2];
     size_t rb;
-    const void *act = act_convert(wg->type, xn, n, n_embd, c->act_q, &rb);
+    const void *act = act_convert(c, wg->type, xn, n, n_embd, c->act_q, &rb);
     if (wg->type == wu->type) {
         tasks[0] = mm_make(wg, 0, act, rb, n, c->hb, n_ff);
         tasks[1] = mm_make(wu, 0, act, rb, n, c->hb2, n_ff);
@@ -406,6 +711,58 @@ static void ffn_dense(moe_ctx *c, const mtensor *wg, const mtensor *wu, const mt
     for (int64_t i = 0; i < (int64_t)n * n_ff; i++)
         c->hb[i] = silu(c->hb[i]) * c->hb2[i];
     matmul(c, wd, c->hb, n, out);
+}
+
+/* hb = silu(hb) * hb2 over rows of n_ff */
+typedef struct {
+    rows_part part;
+    float *hb;
+    const float *hb2;
+    int64_t n_ff;
+} swiglu_job;
+
+static void swiglu_chunk(void *arg, int ith, int64_t ch)
+{
+    const swiglu_job *job = arg;
+    int64_t r0, r1;
+    (void)ith;
+    rows_range(&job->part, ch, &r0, &r1);
+    for (int64_t i = r0 * job->n_ff; i < r1 * job->n_ff; i++)
+        job->hb[i] = silu(job->hb[i]) * job->hb2[i];
+}
+
+/* o[i] += w * y[i]: multiply, then add (element by element, so vectors
+ * keep the result) */
+static void vec_axpy(float *restrict o, const float *restrict y, float w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        o[i] += w * y[i];
+}
+
+/* the experts' outputs summed back per token, in choice order like the
+ * reference */
+typedef struct {
+    rows_part part;
+    moe_ctx *c;
+    int64_t n_embd;
+} wsum_job;
+
+static void wsum_chunk(void *arg, int ith, int64_t ch)
+{
+    const wsum_job *job = arg;
+    moe_ctx *c = job->c;
+    const int64_t n_embd = job->n_embd;
+    const int32_t ns = c->n_sel;
+    int64_t r0, r1;
+    (void)ith;
+    rows_range(&job->part, ch, &r0, &r1);
+    memset(c->ffn_out + (size_t)r0 * (size_t)n_embd, 0,
+           (size_t)(r1 - r0) * (size_t)n_embd * sizeof(float));
+    for (int64_t t = r0; t < r1; t++)
+        for (int32_t j = 0; j < c->n_sel_tok[t]; j++)
+            vec_axpy(c->ffn_out + (size_t)t * n_embd,
+                     c->y_gather + (size_t)c->slot_of[t * ns + j] * n_embd, c->sel_w[t * ns + j],
+                     n_embd);
 }
 
 static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
@@ -447,7 +804,7 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
         }
 
     /* gate and up for every used expert in one dispatch */
-    act = act_convert(L->gate_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+    act = act_convert(c, L->gate_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
     for (int32_t e = 0; e < ne; e++) {
         int32_t cnt = c->exp_count[e];
         const void *a;
@@ -463,7 +820,7 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
     mm_run(c, tasks, n_tasks);
     if (L->up_exps.type != L->gate_exps.type) {
         n_tasks = 0;
-        act = act_convert(L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+        act = act_convert(c, L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
         for (int32_t e = 0; e < ne; e++)
             if (c->exp_count[e])
                 tasks[n_tasks++] = mm_make_expert(
@@ -471,12 +828,14 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
                     c->exp_count[e], c->hb2 + (size_t)slot_start[e] * nf, nf);
         mm_run(c, tasks, n_tasks);
     }
-    for (int64_t i = 0; i < (int64_t)n_slots * nf; i++)
-        c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    {
+        swiglu_job sj = {{0, 0}, c->hb, c->hb2, nf};
+        rows_run(c, &sj.part, n_slots, nf, 4, swiglu_chunk, &sj);
+    }
 
     /* down projections */
     n_tasks = 0;
-    act = act_convert(L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
+    act = act_convert(c, L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
     for (int32_t e = 0; e < ne; e++)
         if (c->exp_count[e])
             tasks[n_tasks++] = mm_make_expert(
@@ -485,15 +844,10 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
     mm_run(c, tasks, n_tasks);
 
     /* weighted sum back per token, in choice order like the reference */
-    memset(c->ffn_out, 0, (size_t)n * (size_t)n_embd * sizeof(float));
-    for (int32_t t = 0; t < n; t++)
-        for (int32_t j = 0; j < c->n_sel_tok[t]; j++) {
-            float w = c->sel_w[t * ns + j];
-            float *o = c->ffn_out + (size_t)t * n_embd;
-            const float *y = c->y_gather + (size_t)c->slot_of[t * ns + j] * n_embd;
-            for (int64_t i = 0; i < n_embd; i++)
-                o[i] += w * y[i];
-        }
+    {
+        wsum_job wj = {{0, 0}, c, n_embd};
+        rows_run(c, &wj.part, n, n_embd * ns, 2, wsum_chunk, &wj);
+    }
 
     /* shared expert (qwen2moe) */
     if (L->gate_inp_shexp.data) {

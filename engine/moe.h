@@ -786,8 +786,9 @@ moe_status moe_ctx_embed(moe_ctx *ctx, const int32_t *tokens, int32_t n, int32_t
  * "<checkpoint>.opt" (GGUF) so training can resume. Bricks (training only
  * part of a model) are named by spec strings, comma separated:
  *   all | embd | output | blk.N | blk.N.attn | blk.N.ffn | blk.N.router |
- *   blk.N.expert.E        (N may be '*' = every layer)
- * A trainer is not thread-safe; it uses n_threads OpenBLAS threads. */
+ *   blk.N.router.E | blk.N.expert.E        (N may be '*' = every layer)
+ * A trainer is not thread-safe; each call sets OpenBLAS (process-wide) to
+ * the trainer's n_threads. */
 
 typedef struct moe_trainer moe_trainer;
 
@@ -887,9 +888,9 @@ void moe_trainer_route_reset(moe_trainer *t);
 /* Logits ([n][n_vocab]) of one sequence of n tokens from position 0. */
 moe_status moe_trainer_logits(moe_trainer *t, const int32_t *tokens, int32_t n,
                               float *out);
-/* Write the model (type: MOE_TYPE_F32, F16 or Q8_0 for matrices whose row
- * length allows; norms stay f32) atomically; with_optimizer also writes
- * "<path>.opt". */
+/* Write the model atomically, matrices as GGUF type `type`: 0 (f32), 1
+ * (f16) or 8 (q8_0, where the row length allows; the router and norms stay
+ * f32); with_optimizer also writes "<path>.opt". */
 moe_status moe_trainer_save(moe_trainer *t, const char *path, int type,
                             bool with_optimizer);
 

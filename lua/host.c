@@ -707,6 +707,14 @@ bool host_incomplete(host *h, const char *code)
     lua_State *L = h->L;
     const int top = lua_gettop(L);
     bool inc = false;
+    /* A line that compiles as an expression ("x", "m:info().n_layer") is
+     * complete: the REPL evaluates it as `return <line>`. */
+    lua_pushfstring(L, "return %s;", code);
+    if (luaL_loadbufferx(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=(lua)", "t") == LUA_OK) {
+        lua_settop(L, top);
+        return false;
+    }
+    lua_settop(L, top);
     if (luaL_loadbufferx(L, code, strlen(code), "=(lua)", "t") == LUA_ERRSYNTAX) {
         size_t n;
         const char *msg = lua_tolstring(L, -1, &n);

@@ -90,7 +90,7 @@ static void train_usage(FILE *f)
             "      --log-every N      progress line every N steps (10)\n"
             "      --max-time S       stop (and save) after S seconds\n"
             "      --stop-at N        stop (and save) after step N (resume later)\n"
-            "  -t, --threads N        BLAS threads (2)\n"
+            "  -t, --threads N        BLAS threads (1; more rarely pays at these sizes)\n"
             "  -q, --quiet            no progress lines\n"
             "  -h, --help             this help\n");
 }
@@ -641,11 +641,11 @@ int cmd_train(int argc, char **argv)
         {
             const double el = cli_now() - t0;
             const int64_t done_steps = moe_trainer_step_count(t) - k0;
-            printf("trained %lld steps (%lld tokens) in %.1f s: %.0f tokens/s; step %lld, "
-                   "%lld tokens in all\n",
+            printf("trained %lld steps (%lld tokens) in %.1f s: %.0f tokens/s; now at step "
+                   "%lld\n",
                    (long long)done_steps, (long long)done_steps * batch * ctx, el,
                    el > 0 ? (double)done_steps * batch * ctx / el : 0.0,
-                   (long long)moe_trainer_step_count(t), (long long)s.tokens);
+                   (long long)moe_trainer_step_count(t));
         }
         if (!evaluate(t, &d, ctx, eval_windows, &v, &used))
             goto done;

@@ -93,7 +93,7 @@ run_bin train --vocab "$tmp/vocab.gguf" $COMMON --steps 30 -o "$tmp/c.gguf" --ba
 rc1=$rc
 # shellcheck disable=SC2086
 run_bin train -m "$tmp/c.gguf" $COMMON --steps 30 -o "$tmp/c.gguf"
-if [ "$rc1" -eq 0 ] && [ "$rc" -eq 0 ] && grep -q "step 30, " "$tmp/out" &&
+if [ "$rc1" -eq 0 ] && [ "$rc" -eq 0 ] && grep -q "now at step 30$" "$tmp/out" &&
     cmp -s "$tmp/b.gguf" "$tmp/c.gguf"; then
     ok "resumed run equals the unbroken one"
 else
