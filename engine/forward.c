@@ -312,7 +312,8 @@ static void vec_fma(float *o, const float *v, float w, int32_t n)
  * re-quantized, so 1-ulp differences flip roundings downstream.
  *
  * The scores come first, for ATT_TB query rows x ATT_PB positions at a
- * time: one vector lane per query row, ATT_PU positions in flight, so the
+ * time: one vector lane per query row (a token and a head of one kv
+ * group; see attn_chunk), ATT_PU positions in flight, so the
  * in-order sum of every (row, position) pair is its own lane of its own
  * accumulator and stays exactly the scalar chain above (multiplies and
  * adds unfused: FP contraction is off for that kernel). The online softmax

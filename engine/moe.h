@@ -914,6 +914,166 @@ moe_status moe_trainer_distill_step(moe_trainer *student, int32_t il, int32_t e,
 moe_status moe_bpe_train(const char *text, size_t len, int32_t n_vocab, const char *path,
                          moe_progress_fn progress, void *ud);
 
+/* ---- sessions ------------------------------------------------------------
+ * A session is what the studio shows and what session files hold
+ * (docs/session-schema.md, format "moe-studio-session" version 1): model
+ * metadata, settings, turns, per-token records with their trace copies and
+ * the display text of every referenced token. The studio keeps its document
+ * in a moe_session; headless callers (Lua scripts) build one from a
+ * context's trace. The structs are plain data with documented ownership so
+ * views can read them directly; change them through the functions below.
+ *
+ * Ownership: a moe_session owns its records, turns, vocabulary and the
+ * strings of meta and set; moe_session_free releases them. A record handed
+ * to moe_session_append becomes the session's (freed on failure too). */
+
+#define MOE_SESSION_FORMAT "moe-studio-session"
+#define MOE_SESSION_VERSION 1
+#define MOE_SESSION_N_CAND 8 /* candidates kept per sampler stage and in top */
+
+typedef struct {
+    int32_t id;
+    float p;
+} moe_session_cand;
+
+typedef struct {
+    int32_t n_layer, n_expert, n_sel, lens_k;
+} moe_session_dims;
+
+/* One token. The per-layer arrays exist when traced (one allocation, blob)
+ * and are sized by the session's dims. */
+typedef struct {
+    int32_t index;   /* position in the session (set by moe_session_append) */
+    int32_t pos;     /* position in the KV cache */
+    int32_t id;
+    int32_t turn;
+    char *text;      /* display text: valid UTF-8, bad bytes as \xNN (owned) */
+    bool prompt;     /* from the user's text, not sampled */
+    bool sampled;    /* logprob and candidates are set */
+    bool traced;     /* the per-layer arrays are set */
+    float logprob;   /* ln p(token) under the model's distribution */
+    int32_t n_top;   /* the model's most probable tokens (softmax of logits) */
+    moe_session_cand top[MOE_SESSION_N_CAND];
+    float time_ms;   /* engine time of this token (sampling + its forward) */
+    int32_t exit_layer; /* last layer computed; -1 when not traced */
+    int32_t n_stage;
+    int32_t stage[MOE_STAGE_COUNT];  /* moe_sampler_stage, in chain order */
+    int32_t n_cand[MOE_STAGE_COUNT];
+    moe_session_cand cand[MOE_STAGE_COUNT][MOE_SESSION_N_CAND];
+    void *blob;
+    bool *layer_moe;     /* [n_layer] */
+    int32_t *sel;        /* [n_layer][n_sel], -1 unused */
+    float *sel_w;        /* [n_layer][n_sel] */
+    float *probs;        /* [n_layer][n_expert] router probabilities */
+    float *hnorm;        /* [n_layer] */
+    int32_t *lens_id;    /* [n_layer][lens_k], -1 unused */
+    float *lens_p;       /* [n_layer][lens_k] */
+    float *lens_entropy; /* [n_layer] */
+} moe_session_tok;
+
+typedef struct {
+    char *path, *sha256, *name, *arch, *ftype; /* owned; path NULL = no model */
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
+    int32_t n_expert, n_expert_used, n_ff_exp;
+    bool has_shared_expert;
+    int64_t n_params, file_size, weight_bytes;
+} moe_session_meta;
+
+typedef struct {
+    char *prompt;      /* the text typed (may be ""; owned) */
+    int32_t start;     /* first record of the turn */
+    int32_t n_prompt;  /* records from the prompt */
+    int32_t n_gen;     /* sampled records */
+} moe_session_turn;
+
+typedef struct {
+    moe_sampler_params sp;
+    int32_t n_ctx;
+    int32_t lens_k;
+    int32_t n_predict;   /* tokens generated after a typed prompt */
+    char *exit_spec;     /* "none" or an exit spec (owned) */
+    char **route;        /* route commands in effect, in order (owned) */
+    int32_t n_route;
+} moe_session_settings;
+
+typedef struct {
+    bool has_model;      /* for the application (a live model); not written */
+    moe_session_meta meta;
+    moe_session_dims dims;
+    moe_session_settings set;
+    moe_session_tok **toks;
+    int32_t n_tok, cap_tok;
+    moe_session_turn *turns;
+    int32_t n_turn, cap_turn;
+    char **vocab;        /* [n_vocab] display texts, NULL where unknown */
+    int32_t n_vocab;
+} moe_session;
+
+typedef struct {
+    int32_t n_tokens, n_prompt, n_gen, n_traced;
+    double gen_ms, tok_s, mean_logprob, perplexity, mean_exit_layer;
+} moe_session_stats;
+
+/* Records: traced ones get zeroed arrays (sel and lens_id -1). NULL on
+ * out of memory. set_trace copies an engine trace entry (dims must match). */
+moe_session_tok *moe_session_tok_new(const moe_session_dims *d, bool traced);
+void moe_session_tok_free(moe_session_tok *t);
+void moe_session_tok_set_trace(moe_session_tok *t, const moe_session_dims *d,
+                               const moe_trace_token *e);
+
+void moe_session_settings_default(moe_session_settings *s);
+/* Deep copy into dst (uninitialised); false on out of memory. */
+bool moe_session_settings_copy(moe_session_settings *dst, const moe_session_settings *src);
+void moe_session_settings_free(moe_session_settings *s);
+void moe_session_meta_free(moe_session_meta *m);
+
+/* A session value (not a handle): init before use, free after. */
+void moe_session_init(moe_session *s);
+void moe_session_free(moe_session *s);
+/* Drop records and turns (keeps model, settings and vocabulary). */
+void moe_session_clear(moe_session *s);
+/* Take ownership of t; false on out of memory (t freed). */
+bool moe_session_append(moe_session *s, moe_session_tok *t);
+/* Start a turn at the next record; false on out of memory. */
+bool moe_session_begin_turn(moe_session *s, const char *prompt);
+/* Take a vocabulary (array of n malloc'd strings), freeing the old one. */
+void moe_session_set_vocab(moe_session *s, char **vocab, int32_t n);
+void moe_session_vocab_free(char **v, int32_t n);
+bool moe_session_set_route(moe_session *s, char **route, int32_t n);
+/* Display text of a token id ("#id" written to buf when unknown). */
+const char *moe_session_piece(const moe_session *s, int32_t id, char *buf, size_t n);
+/* load: [n_layer][n_expert] selections over traced records (gen_only:
+ * sampled records only). */
+void moe_session_load(const moe_session *s, bool gen_only, int64_t *load);
+void moe_session_stats_get(const moe_session *s, moe_session_stats *out);
+/* Raw token bytes as display text: valid UTF-8 kept except C0 controls and
+ * DEL, which (like invalid bytes) become the 4 characters \xNN; '\n' and
+ * '\t' kept. malloc'd; NULL on out of memory. */
+char *moe_session_sanitize(const char *bytes, size_t len);
+
+/* Fill meta (freed first), dims (from the context's trace) and the display
+ * vocabulary from a model and its context; sha256 may be NULL (written as
+ * ""). Records already present must have been made with the same dims. */
+moe_status moe_session_set_model(moe_session *s, const moe_ctx *ctx, const char *sha256);
+/* Append one record per trace entry i of ctx: prefill entries as prompt
+ * records, the others as sampled ones whose logprob and top come from the
+ * previous entry's last-layer logit lens when it ran every layer (a token
+ * outside the lens' top gets a NaN logprob, written null); no sampler
+ * stages are known. Call moe_session_set_model first. */
+moe_status moe_session_add_token_from_trace(moe_session *s, const moe_ctx *ctx, int32_t i);
+
+/* The JSON text (malloc'd, free with free()), or NULL on out of memory.
+ * Statistics are computed from the records. */
+char *moe_session_json(const moe_session *s);
+/* Parse JSON into s (initialised, empty); every value is checked. */
+moe_status moe_session_parse(moe_session *s, const char *json);
+/* Atomic write (temp file beside path, fsync, rename) / read of a file. */
+moe_status moe_session_write(const moe_session *s, const char *path);
+moe_status moe_session_read(moe_session *s, const char *path);
+/* Write len bytes to path atomically; an existing file is replaced only
+ * when everything succeeded. */
+moe_status moe_write_atomic(const char *path, const void *data, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1534,16 +1534,51 @@ static int lb_ui_headless(lua_State *L)
     return 1;
 }
 
-/* moe.session_export(path) / moe.session_import(path) -> true | nil, msg */
+/* Session files are files: refused where there is no io (plugins unless
+ * plugins_unsafe, and the top level of an untrusted host). */
+static bool lb_session_refused(const host *h)
+{
+    return host_in_sandbox(h) || !h->p.trusted;
+}
+
+static int lb_session_sandboxed(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, "session files are not available to sandboxed plugins "
+                      "(plugins_unsafe = true in config.lua allows them)");
+    return 2;
+}
+
+/* moe.session_export(path) / moe.session_import(path) in the studio (its
+ * document) -> true | nil, msg. Headless (or with a Context first):
+ * moe.session_export(ctx, path [, opts]) -> n_records | nil, msg (the
+ * engine writes the context's trace); moe.session_import(path) -> table. */
 static int lb_session(lua_State *L, const char *action)
 {
     host *h = lb_host(L);
-    const char *path = luaL_checkstring(L, 1);
+    const bool with_ctx = !strcmp(action, "export") && luaL_testudata(L, 1, LB_CTX);
+    const char *path = luaL_checkstring(L, with_ctx ? 2 : 1);
     char err[512];
+    int nret;
     err[0] = '\0';
+    if (lb_session_refused(h))
+        return lb_session_sandboxed(L);
+    if (with_ctx) {
+        nret = lb_session_export_ctx(L, 1, path, lua_isnoneornil(L, 3) ? 0 : 3);
+        if (lua_isnil(L, -nret))
+            return nret;
+        host_emit_session(h, action, path);
+        return nret;
+    }
     if (!h->has_ui || !h->ui.session) {
+        if (!strcmp(action, "import")) {
+            nret = lb_session_push_file(L, path);
+            if (!lua_isnil(L, -nret))
+                host_emit_session(h, action, path);
+            return nret;
+        }
         lua_pushnil(L);
-        lua_pushstring(L, "sessions need the studio (no session support headless)");
+        lua_pushstring(L, "headless, export a context: moe.session_export(ctx, path)");
         return 2;
     }
     if (!h->ui.session(h->ui.ud, action, path, err, sizeof err)) {
@@ -1566,13 +1601,22 @@ static int lb_session_import(lua_State *L)
     return lb_session(L, "import");
 }
 
+/* moe.session_read(path) -> table | nil, msg (studio or headless) */
+static int lb_session_read(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    if (lb_session_refused(lb_host(L)))
+        return lb_session_sandboxed(L);
+    return lb_session_push_file(L, path);
+}
+
 void lb_host_register(lua_State *L, int mod)
 {
     static const luaL_Reg fns[] = {
         {"on", lb_on}, {"off", lb_off}, {"emit", lb_emit}, {"log", lb_log},
         {"plugins", lb_plugins}, {"limits", lb_limits},
         {"session_export", lb_session_export}, {"session_import", lb_session_import},
-        {NULL, NULL}};
+        {"session_read", lb_session_read}, {NULL, NULL}};
     static const luaL_Reg ui[] = {
         {"command", lb_ui_command}, {"bind", lb_ui_bind}, {"pane", lb_ui_pane},
         {"pane_set", lb_ui_pane_set}, {"notify", lb_ui_notify},

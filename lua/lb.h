@@ -98,6 +98,12 @@ void lb_after_decode(lua_State *L, moe_ctx *ctx, int32_t n);
 #define LB_TOKEN_COST 10000
 void lb_charge(lua_State *L, int64_t tokens);
 
+/* lb_session.c: write a session built from the trace of the Context at
+ * ctx_idx (opts: index of an options table or 0); pushes the number of
+ * records or nil, msg. Push a session file as a table or nil, msg. */
+int lb_session_export_ctx(lua_State *L, int ctx_idx, const char *path, int opts);
+int lb_session_push_file(lua_State *L, const char *path);
+
 /* host.c: the host of a state, and event dispatch with the arguments on
  * top of the stack (popped); returns handlers run without error. */
 host *lb_host(lua_State *L);

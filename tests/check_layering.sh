@@ -8,6 +8,12 @@ if grep -nE '#[[:space:]]*include[[:space:]]*[<"](n?curses|ncursesw/|readline/|l
     echo "FAIL: engine/ includes a curses, readline or Lua header"
     bad=1
 fi
+# cJSON only where sessions are written
+if grep -lE '#[[:space:]]*include[[:space:]]*[<"](cjson/)?cJSON\.h' "$src"/engine/*.c "$src"/engine/*.h |
+   grep -v '/engine/session\.c$'; then
+    echo "FAIL: engine/ uses cJSON outside engine/session.c"
+    bad=1
+fi
 if ls "$src"/lua/*.c >/dev/null 2>&1 &&
    grep -nE '#[[:space:]]*include[[:space:]]*"(tui|\.\./tui)/' "$src"/lua/*.c "$src"/lua/*.h 2>/dev/null; then
     echo "FAIL: lua/ includes a tui/ header"

@@ -18,50 +18,17 @@
 
 #include "moe.h"
 
-#define TUI_SESSION_FORMAT "moe-studio-session"
-#define TUI_SESSION_VERSION 1
-#define TUI_N_CAND 8 /* candidates kept per sampler stage */
+/* The document model and its JSON live in the engine (moe.h, "sessions",
+ * engine/session.c); the studio uses them under its own names. */
+#define TUI_SESSION_FORMAT MOE_SESSION_FORMAT
+#define TUI_SESSION_VERSION MOE_SESSION_VERSION
+#define TUI_N_CAND MOE_SESSION_N_CAND /* candidates kept per sampler stage */
 
 /* ---- one token ------------------------------------------------------- */
 
-typedef struct {
-    int32_t id;
-    float p;
-} tui_cand;
-
-typedef struct {
-    int32_t index;   /* position in the document (set by tui_doc_append) */
-    int32_t pos;     /* position in the KV cache */
-    int32_t id;
-    int32_t turn;
-    char *text;      /* display text: valid UTF-8, bad bytes as \xNN (owned) */
-    bool prompt;     /* from the user's text, not sampled */
-    bool sampled;    /* logprob and candidates are set */
-    bool traced;     /* the per-layer arrays are set */
-    float logprob;   /* ln p(token) under the model's distribution */
-    int32_t n_top;   /* the model's most probable tokens (softmax of logits) */
-    tui_cand top[TUI_N_CAND];
-    float time_ms;   /* engine time of this token (sampling + its forward) */
-    int32_t exit_layer; /* last layer computed; -1 when not traced */
-    int32_t n_stage;
-    int32_t stage[MOE_STAGE_COUNT];  /* moe_sampler_stage, in chain order */
-    int32_t n_cand[MOE_STAGE_COUNT];
-    tui_cand cand[MOE_STAGE_COUNT][TUI_N_CAND];
-    /* traced: arrays sized by the document's dims, one allocation (blob) */
-    void *blob;
-    bool *layer_moe;     /* [n_layer] */
-    int32_t *sel;        /* [n_layer][n_sel], -1 unused */
-    float *sel_w;        /* [n_layer][n_sel] */
-    float *probs;        /* [n_layer][n_expert] router probabilities */
-    float *hnorm;        /* [n_layer] */
-    int32_t *lens_id;    /* [n_layer][lens_k] */
-    float *lens_p;       /* [n_layer][lens_k] */
-    float *lens_entropy; /* [n_layer] */
-} tui_tok;
-
-typedef struct {
-    int32_t n_layer, n_expert, n_sel, lens_k;
-} tui_dims;
+typedef moe_session_cand tui_cand;
+typedef moe_session_tok tui_tok;
+typedef moe_session_dims tui_dims;
 
 /* A record with its trace arrays allocated (zeroed, sel = -1) when traced. */
 tui_tok *tui_tok_new(const tui_dims *d, bool traced);
@@ -71,43 +38,10 @@ void tui_tok_set_trace(tui_tok *t, const tui_dims *d, const moe_trace_token *e);
 
 /* ---- the document ---------------------------------------------------- */
 
-typedef struct {
-    char *path, *sha256, *name, *arch, *ftype;
-    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
-    int32_t n_expert, n_expert_used, n_ff_exp;
-    bool has_shared_expert;
-    int64_t n_params, file_size, weight_bytes;
-} tui_meta;
-
-typedef struct {
-    char *prompt;      /* the text typed (may be "") */
-    int32_t start;     /* first record of the turn */
-    int32_t n_prompt;  /* records from the prompt */
-    int32_t n_gen;     /* sampled records */
-} tui_turn;
-
-typedef struct {
-    moe_sampler_params sp;
-    int32_t n_ctx;
-    int32_t lens_k;
-    int32_t n_predict;   /* tokens generated after a typed prompt */
-    char *exit_spec;     /* "none" or an exit spec */
-    char **route;        /* route commands in effect, in order */
-    int32_t n_route;
-} tui_settings;
-
-typedef struct {
-    bool has_model;
-    tui_meta meta;
-    tui_dims dims;
-    tui_settings set;
-    tui_tok **toks;
-    int32_t n_tok, cap_tok;
-    tui_turn *turns;
-    int32_t n_turn, cap_turn;
-    char **vocab;        /* [n_vocab] display texts, NULL where unknown */
-    int32_t n_vocab;
-} tui_doc;
+typedef moe_session_meta tui_meta;
+typedef moe_session_turn tui_turn;
+typedef moe_session_settings tui_settings;
+typedef moe_session tui_doc;
 
 void tui_doc_init(tui_doc *d);
 void tui_doc_free(tui_doc *d);
@@ -132,10 +66,7 @@ bool tui_doc_set_route(tui_doc *d, char **route, int32_t n);
 /* Aggregates of the records. load: [n_layer][n_expert] count of selections
  * over traced records (gen_only: sampled records only). */
 void tui_doc_load(const tui_doc *d, bool gen_only, int64_t *load);
-typedef struct {
-    int32_t n_tokens, n_prompt, n_gen, n_traced;
-    double gen_ms, tok_s, mean_logprob, perplexity, mean_exit_layer;
-} tui_stats;
+typedef moe_session_stats tui_stats;
 void tui_doc_stats(const tui_doc *d, tui_stats *s);
 
 /* Sanitize raw token bytes: valid UTF-8 kept except C0 controls and DEL,

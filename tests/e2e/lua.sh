@@ -312,4 +312,89 @@ check "$T/check_ar.lua" "$T/ar0.lua" "$STORIES" all > /dev/null
 run_script active_retrieval --threshold 1e9 --out "$T/ar9.lua"
 check "$T/check_ar.lua" "$T/ar9.lua" "$STORIES" none > /dev/null
 
-echo "lua e2e: hosts, plugins and 6 workflow scripts OK"
+# ---- sessions headless: export a context's trace, import, convert, replay ----
+cat > "$T/ses.lua" <<'EOF'
+local m = assert(moe.load(arg[1], {threads = 1}))
+local c = m:context{n_ctx = 64}
+assert(c:trace{lens_k = 8})
+local text, ids = c:generate('Once upon a time', {n = 6, eos = false})
+local n_trace = c:trace_count()
+local n = assert(moe.session_export(c, arg[2], {exit = 'none'}))
+assert(n == n_trace, 'one record per trace entry: ' .. n .. ' vs ' .. n_trace)
+local s = assert(moe.session_import(arg[2]))
+assert(s.format == 'moe-studio-session' and s.version == 1)
+assert(#s.tokens == n and #s.turns == 1 and s.turns[1].prompt:match('^ ?Once upon a time$'),
+       'turn: ' .. tostring(s.turns[1] and s.turns[1].prompt))
+assert(s.stats.n_gen == #ids and s.turns[1].n_gen == #ids, 'sampled records')
+-- every record is the trace entry it came from
+for i, t in ipairs(s.tokens) do
+  local e = c:trace_get(i)
+  assert(t.id == e.token and t.pos == e.pos and t.exit_layer == e.exit_layer)
+  assert(t.text == s.pieces[t.id], 'pieces cover the ids')
+  for il, l in ipairs(t.layers) do
+    local el = e.layers[il]
+    assert(l.moe == el.moe)
+    if l.moe then
+      assert(#l.experts == #el.sel and #l.experts > 0)
+      for j, x in ipairs(l.experts) do assert(x == el.sel[j]) end
+    end
+  end
+end
+-- the log-probs of the sampled tokens are the model's: recompute them
+local prompt = s.turns[1].n_prompt
+c:trace(false)
+c:reset()
+local pre = {}
+for i = 1, prompt do pre[i] = s.tokens[i].id end
+c:decode(pre)
+for i = prompt + 1, #s.tokens do
+  local t = s.tokens[i]
+  local lp = c:logprob(t.id)
+  assert(math.abs(lp - t.logprob) < 1e-4, ('token %d: logprob %g vs %g'):format(i, t.logprob, lp))
+  assert(#t.top == 8 and t.top[1][2] >= t.top[8][2] and #t.stages == 0)
+  c:decode({t.id})
+end
+-- session_read works too, and errors are nil, msg
+assert(moe.session_read(arg[2]).stats.n_tokens == n)
+local bad, msg = moe.session_import(arg[2] .. '.missing')
+assert(bad == nil and msg:find('cannot open'), msg)
+print('session ok', n)
+EOF
+out=$("$BIN" script "$T/ses.lua" "$MIXTRAL" "$T/ses.json") || fail "session export/import: $out"
+case $out in "session ok"*) ;; *) fail "session script: $out" ;; esac
+# the studio's reader takes it as is: re-exporting is byte-identical
+"$BIN" export -i "$T/ses.json" -o "$T/ses2.json" || fail "export -i of a script's session"
+cmp -s "$T/ses.json" "$T/ses2.json" || fail "a script's session does not round-trip byte-identically"
+"$BIN" export -i "$T/ses.json" -o "$T/ses.html" && [ -s "$T/ses.html" ] || fail "session to html"
+# the sandbox has no session files
+printf 'local ok, msg = moe.session_import("%s")\nassert(ok == nil and msg:find("sandbox"))\nprint("refused")\n' \
+    "$T/ses.json" > "$T/ses_sb.lua"
+[ "$("$BIN" script --sandbox "$T/ses_sb.lua")" = refused ] || fail "sandboxed session_import"
+# replay opens it (tmux, when installed)
+if command -v tmux >/dev/null 2>&1; then
+    sock=moe-lua-e2e-$$
+    ntok=$(grep -c '"exit_layer"' "$T/ses.json")
+    tmux -L "$sock" new-session -d -s s -x 100 -y 30 \
+        "TERM=xterm-256color $BIN replay $T/ses.json; echo REPLAY-EXITED rc=\$?; sleep 30"
+    n=50; seen=
+    while [ $n -gt 0 ]; do
+        if tmux -L "$sock" capture-pane -p -t s | grep -Eq "replay(:| of) .*$ntok tokens"; then
+            seen=1; break
+        fi
+        sleep 0.2; n=$((n - 1))
+    done
+    tmux -L "$sock" send-keys -t s q
+    n=25; quit=
+    while [ $n -gt 0 ]; do
+        if tmux -L "$sock" capture-pane -p -t s | grep -q 'REPLAY-EXITED rc=0'; then quit=1; break; fi
+        sleep 0.2; n=$((n - 1))
+    done
+    [ -n "$seen" ] || tmux -L "$sock" capture-pane -p -t s | head -n 5
+    tmux -L "$sock" kill-server >/dev/null 2>&1
+    [ -n "$seen" ] || fail "replay of a script's session did not open"
+    [ -n "$quit" ] || fail "replay of a script's session did not quit cleanly"
+else
+    echo "SKIP: replay of a script's session: tmux is not installed"
+fi
+
+echo "lua e2e: hosts, plugins and 6 workflow scripts, headless sessions OK"
