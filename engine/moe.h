@@ -1052,8 +1052,9 @@ void moe_session_stats_get(const moe_session *s, moe_session_stats *out);
 char *moe_session_sanitize(const char *bytes, size_t len);
 
 /* Fill meta (freed first), dims (from the context's trace) and the display
- * vocabulary from a model and its context; sha256 may be NULL (written as
- * ""). Records already present must have been made with the same dims. */
+ * vocabulary from a model and its context; sha256 NULL = compute it from
+ * the model file ("" if unreadable). Records already present must have been
+ * made with the same dims. */
 moe_status moe_session_set_model(moe_session *s, const moe_ctx *ctx, const char *sha256);
 /* Append one record per trace entry i of ctx: prefill entries as prompt
  * records, the others as sampled ones whose logprob and top come from the
@@ -1073,6 +1074,13 @@ moe_status moe_session_read(moe_session *s, const char *path);
 /* Write len bytes to path atomically; an existing file is replaced only
  * when everything succeeded. */
 moe_status moe_write_atomic(const char *path, const void *data, size_t len);
+
+/* ---- fingerprints ------------------------------------------------------ */
+
+/* SHA-256 of a buffer / a whole file as 64 lower-case hex digits + NUL.
+ * moe_sha256_file returns false (out = "") when the file cannot be read. */
+void moe_sha256(const void *data, size_t len, char out[65]);
+bool moe_sha256_file(const char *path, char out[65]);
 
 #ifdef __cplusplus
 }

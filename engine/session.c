@@ -388,7 +388,13 @@ moe_status moe_session_set_model(moe_session *d, const moe_ctx *ctx, const char 
     }
     moe_session_meta_free(m);
     m->path = ses_strdup0(info.path);
-    m->sha256 = ses_strdup0(sha256);
+    {
+        /* NULL: fingerprint the model file now */
+        char hex[65];
+        if (!sha256 && moe_sha256_file(info.path, hex))
+            sha256 = hex;
+        m->sha256 = ses_strdup0(sha256);
+    }
     m->name = ses_strdup0(info.name);
     m->arch = ses_strdup0(info.arch);
     m->ftype = ses_strdup0(info.ftype);

@@ -180,15 +180,15 @@ START_TEST(sanitize_and_sha)
     s = tui_sanitize("\xed\xa0\x80", 3); /* a surrogate is not UTF-8 */
     ck_assert_str_eq(s, "\\xed\\xa0\\x80");
     free(s);
-    tui_sha256("abc", 3, h);
+    moe_sha256("abc", 3, h);
     ck_assert_str_eq(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    tui_sha256("", 0, h);
+    moe_sha256("", 0, h);
     ck_assert_str_eq(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     {
         /* 1,000 bytes: several blocks and the length in the padding */
         char big[1000];
         memset(big, 'a', sizeof big);
-        tui_sha256(big, sizeof big, h);
+        moe_sha256(big, sizeof big, h);
         ck_assert_str_eq(h, "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
     }
 }

@@ -138,7 +138,7 @@ bool tui_gen_meta(const tui_gen *g, tui_meta *m)
         return false;
     moe_model_get_info(g->model, &info);
     m->path = gen_strdup0(info.path);
-    m->sha256 = gen_strdup0(tui_sha256_file(info.path, sha) ? sha : "");
+    m->sha256 = gen_strdup0(moe_sha256_file(info.path, sha) ? sha : "");
     m->name = gen_strdup0(info.name);
     m->arch = gen_strdup0(info.arch);
     m->ftype = gen_strdup0(info.ftype);

@@ -95,8 +95,6 @@ bool tui_write_atomic(const char *path, const char *data, size_t len, char *err,
 /* SVG of the heatmap (cumulative load and mean probability) as a string. */
 char *tui_svg_heatmap(const tui_doc *d);
 /* Lower-case hex SHA-256 of a file into out[65]; false on I/O error. */
-bool tui_sha256_file(const char *path, char out[65]);
-void tui_sha256(const void *data, size_t len, char out[65]);
 
 /* ---- the generator (gen.c): engine state used by the worker thread and by
  * the headless export; only one thread may use a tui_gen at a time. ---- */

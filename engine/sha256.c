@@ -1,14 +1,14 @@
 /*
  * sha256.c - SHA-256 (FIPS 180-4) of a buffer or a file, for the model
  * fingerprint in session files. Written from the standard's definition.
- * No curses, no engine.
+ * Depends on libc only.
  */
 #include "config.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "studio.h"
+#include "moe.h"
 
 typedef struct {
     uint32_t h[8];
@@ -99,7 +99,7 @@ static void sha_final(sha_ctx *c, char out[65])
         snprintf(out + 8 * i, 9, "%08x", c->h[i]);
 }
 
-void tui_sha256(const void *data, size_t len, char out[65])
+void moe_sha256(const void *data, size_t len, char out[65])
 {
     sha_ctx c;
     sha_init(&c);
@@ -107,7 +107,7 @@ void tui_sha256(const void *data, size_t len, char out[65])
     sha_final(&c, out);
 }
 
-bool tui_sha256_file(const char *path, char out[65])
+bool moe_sha256_file(const char *path, char out[65])
 {
     uint8_t buf[16384];
     FILE *f = fopen(path, "rb");
