@@ -322,6 +322,10 @@ void moe_route_reset_counters(moe_ctx *ctx);
  * batch then, the logits are the same bit for bit. */
 moe_status moe_ctx_reeval(moe_ctx *ctx, int32_t pos, float *out);
 
+/* log(sum_i exp(v[i])) of n logits, computed in double around the
+ * maximum (-inf when every value is -inf, NaN/+inf passed through). */
+double moe_logsumexp(const float *v, int32_t n);
+
 /* Compare two logit vectors: KL(p_a || p_b) of their softmaxes (nats),
  * and how many of a's top-k ids are missing from b's top-k (ties to the
  * lower id; k is clamped to [0, min(n_vocab, 256)]). */
@@ -1051,6 +1055,15 @@ void moe_session_stats_get(const moe_session *s, moe_session_stats *out);
  * '\t' kept. malloc'd; NULL on out of memory. */
 char *moe_session_sanitize(const char *bytes, size_t len);
 
+/* The display vocabulary of a model (n_vocab moe_session_sanitize'd
+ * pieces, free with moe_session_vocab_free); NULL (*n = 0) on out of
+ * memory. */
+char **moe_session_vocab_from_model(const moe_model *model, int32_t *n);
+/* Fill meta (initialised; freed first) from a model; sha256 NULL = compute
+ * it from the model file ("" if unreadable). MOE_ERR_NOMEM when a string
+ * could not be copied (meta then still needs moe_session_meta_free). */
+moe_status moe_session_meta_from_model(moe_session_meta *m, const moe_model *model,
+                                       const char *sha256);
 /* Fill meta (freed first), dims (from the context's trace) and the display
  * vocabulary from a model and its context; sha256 NULL = compute it from
  * the model file ("" if unreadable). Records already present must have been

@@ -1,8 +1,9 @@
 /*
  * reeval.c - counterfactual evaluation of one cached position under the
- * current routing (moe_ctx_reeval) and the comparison of two logit vectors
- * (moe_logits_compare). Runs the forward pieces of forward.c on one token
- * and puts back everything of the context it touches: the K/V rows at that
+ * current routing (moe_ctx_reeval), the comparison of two logit vectors
+ * (moe_logits_compare) and their log-sum-exp (moe_logsumexp, also used by
+ * the Lua binding). Runs the forward pieces of forward.c on one token and
+ * puts back everything of the context it touches: the K/V rows at that
  * position, the position, the router counters; the trace is suspended.
  * Depends on model.h, router.h, util.h; never prints.
  */
@@ -70,8 +71,7 @@ moe_status moe_ctx_reeval(moe_ctx *c, int32_t pos, float *out)
     return MOE_OK;
 }
 
-/* log-sum-exp of n logits, in double */
-static double logsumexp(const float *v, int32_t n)
+double moe_logsumexp(const float *v, int32_t n)
 {
     double mx = -INFINITY, s = 0.0;
     for (int32_t i = 0; i < n; i++)
@@ -104,7 +104,7 @@ void moe_logits_compare(const float *a, const float *b, int32_t n_vocab, int32_t
     if (!a || !b || n_vocab <= 0)
         return;
     if (kl) {
-        const double la = logsumexp(a, n_vocab), lb = logsumexp(b, n_vocab);
+        const double la = moe_logsumexp(a, n_vocab), lb = moe_logsumexp(b, n_vocab);
         double s = 0.0;
         if (!isfinite(la) || !isfinite(lb)) {
             *kl = NAN;

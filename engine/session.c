@@ -358,34 +358,32 @@ static char *ses_strdup0(const char *v)
     return strdup(v ? v : "");
 }
 
-moe_status moe_session_set_model(moe_session *d, const moe_ctx *ctx, const char *sha256)
+char **moe_session_vocab_from_model(const moe_model *model, int32_t *n)
 {
-    const moe_model *model = ctx ? moe_ctx_model(ctx) : NULL;
     moe_model_info info;
-    moe_trace_dims td;
-    moe_trace_params tp;
-    moe_session_meta *m = &d->meta;
     char **v;
-    if (!model)
-        return moe_fail(MOE_ERR_INVALID_ARG, "session: no context");
+    *n = 0;
     moe_model_get_info(model, &info);
-    td = moe_ctx_trace_dims(ctx);
-    tp = moe_ctx_get_trace(ctx);
-    if (d->n_tok > 0 && (td.n_layer != d->dims.n_layer || td.n_expert != d->dims.n_expert ||
-                         td.n_sel != d->dims.n_sel || td.lens_k != d->dims.lens_k))
-        return moe_fail(MOE_ERR_INVALID_ARG,
-                        "session: the context's trace dims differ from the records'");
     v = calloc((size_t)(info.n_vocab > 0 ? info.n_vocab : 1), sizeof *v);
     if (!v)
-        return moe_fail(MOE_ERR_NOMEM, "out of memory");
+        return NULL;
     for (int32_t i = 0; i < info.n_vocab; i++) {
         size_t len = 0;
         const char *piece = moe_token_piece(model, i, &len);
         if (!(v[i] = moe_session_sanitize(piece ? piece : "", piece ? len : 0))) {
             moe_session_vocab_free(v, i);
-            return moe_fail(MOE_ERR_NOMEM, "out of memory");
+            return NULL;
         }
     }
+    *n = info.n_vocab;
+    return v;
+}
+
+moe_status moe_session_meta_from_model(moe_session_meta *m, const moe_model *model,
+                                       const char *sha256)
+{
+    moe_model_info info;
+    moe_model_get_info(model, &info);
     moe_session_meta_free(m);
     m->path = ses_strdup0(info.path);
     {
@@ -412,16 +410,38 @@ moe_status moe_session_set_model(moe_session *d, const moe_ctx *ctx, const char 
     m->n_params = info.n_params;
     m->file_size = info.file_size;
     m->weight_bytes = info.weight_bytes;
-    moe_session_set_vocab(d, v, info.n_vocab);
+    if (!m->path || !m->sha256 || !m->name || !m->arch || !m->ftype)
+        return moe_fail(MOE_ERR_NOMEM, "out of memory");
+    return MOE_OK;
+}
+
+moe_status moe_session_set_model(moe_session *d, const moe_ctx *ctx, const char *sha256)
+{
+    const moe_model *model = ctx ? moe_ctx_model(ctx) : NULL;
+    moe_trace_dims td;
+    moe_trace_params tp;
+    moe_status st;
+    char **v;
+    int32_t n_vocab;
+    if (!model)
+        return moe_fail(MOE_ERR_INVALID_ARG, "session: no context");
+    td = moe_ctx_trace_dims(ctx);
+    tp = moe_ctx_get_trace(ctx);
+    if (d->n_tok > 0 && (td.n_layer != d->dims.n_layer || td.n_expert != d->dims.n_expert ||
+                         td.n_sel != d->dims.n_sel || td.lens_k != d->dims.lens_k))
+        return moe_fail(MOE_ERR_INVALID_ARG,
+                        "session: the context's trace dims differ from the records'");
+    if (!(v = moe_session_vocab_from_model(model, &n_vocab)))
+        return moe_fail(MOE_ERR_NOMEM, "out of memory");
+    st = moe_session_meta_from_model(&d->meta, model, sha256);
+    moe_session_set_vocab(d, v, n_vocab);
     d->dims.n_layer = td.n_layer;
     d->dims.n_expert = td.n_expert;
     d->dims.n_sel = td.n_sel;
     d->dims.lens_k = td.lens_k;
     d->set.n_ctx = moe_ctx_n_ctx(ctx);
     d->set.lens_k = tp.lens_k;
-    if (!m->path || !m->sha256 || !m->name || !m->arch || !m->ftype)
-        return moe_fail(MOE_ERR_NOMEM, "out of memory");
-    return MOE_OK;
+    return st;
 }
 
 moe_status moe_session_add_token_from_trace(moe_session *d, const moe_ctx *ctx, int32_t i)

@@ -215,19 +215,6 @@ static const float *lb_logits_at(lua_State *L, moe_ctx *ctx, int idx)
     return l;
 }
 
-static double lb_logsumexp(const float *v, int32_t n)
-{
-    double mx = -INFINITY, s = 0.0;
-    for (int32_t i = 0; i < n; i++)
-        if (v[i] > mx)
-            mx = v[i];
-    if (!isfinite(mx))
-        return mx;
-    for (int32_t i = 0; i < n; i++)
-        s += exp((double)v[i] - mx);
-    return mx + log(s);
-}
-
 static int32_t lb_argmax(const float *v, int32_t n)
 {
     int32_t best = 0;
@@ -260,7 +247,7 @@ static int lb_ctx_logprob(lua_State *L)
     const lua_Integer id = luaL_checkinteger(L, 2);
     const float *l = lb_logits_at(L, ctx, 3);
     luaL_argcheck(L, id >= 0 && id < nv, 2, "token id out of range");
-    lua_pushnumber(L, (double)l[id] - lb_logsumexp(l, nv));
+    lua_pushnumber(L, (double)l[id] - moe_logsumexp(l, nv));
     return 1;
 }
 
@@ -270,7 +257,7 @@ static int lb_ctx_entropy(lua_State *L)
     moe_ctx *ctx = lb_ctx_of(L, 1);
     const int32_t nv = lb_n_vocab(ctx);
     const float *l = lb_logits_at(L, ctx, 2);
-    const double lse = lb_logsumexp(l, nv);
+    const double lse = moe_logsumexp(l, nv);
     double h = 0.0;
     for (int32_t i = 0; i < nv; i++) {
         const double lp = (double)l[i] - lse;
@@ -289,7 +276,7 @@ static int lb_ctx_top(lua_State *L)
     const int32_t nv = lb_n_vocab(ctx);
     lua_Integer k = luaL_checkinteger(L, 2);
     const float *l = lb_logits_at(L, ctx, 3);
-    const double lse = lb_logsumexp(l, nv);
+    const double lse = moe_logsumexp(l, nv);
     int32_t *ids;
     int32_t n = 0;
     luaL_argcheck(L, k >= 1, 2, "k must be >= 1");
@@ -565,7 +552,7 @@ static int lb_ctx_loglik(lua_State *L)
     per = lua_gettop(L);
     if (n_x > 0) {
         const float *l = moe_ctx_logits(ctx, -1);
-        double lp = (double)l[x_toks[0]] - lb_logsumexp(l, nv);
+        double lp = (double)l[x_toks[0]] - moe_logsumexp(l, nv);
         n_greedy += lb_argmax(l, nv) == x_toks[0];
         total += lp;
         lua_pushnumber(L, lp);
@@ -577,7 +564,7 @@ static int lb_ctx_loglik(lua_State *L)
             return lb_fail(L, st);
         for (int32_t i = 1; i < n_x; i++) {
             const float *l = moe_ctx_logits(ctx, i - 1);
-            double lp = (double)l[x_toks[i]] - lb_logsumexp(l, nv);
+            double lp = (double)l[x_toks[i]] - moe_logsumexp(l, nv);
             n_greedy += lb_argmax(l, nv) == x_toks[i];
             total += lp;
             lua_pushnumber(L, lp);

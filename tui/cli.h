@@ -96,6 +96,9 @@ bool cli_parse_u64(const char *cmd, const char *opt, const char *s,
                    uint64_t *out);
 bool cli_parse_float(const char *cmd, const char *opt, const char *s,
                      double min, double max, float *out);
+/* "L:" or "*:" at *s -> *layer (L in [0, max], -1 for '*'); advances *s
+ * past the ':'. Prints nothing; false when malformed. */
+bool cli_parse_layer_prefix(const char **s, int32_t *layer, long max);
 
 /* ---- files and models ---- */
 /* Read a whole file into a NUL-terminated malloc'd buffer (caller frees).

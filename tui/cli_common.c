@@ -146,6 +146,26 @@ bool cli_parse_float(const char *cmd, const char *opt, const char *s,
 
 /* ---- files and models ------------------------------------------------- */
 
+bool cli_parse_layer_prefix(const char **s, int32_t *layer, long max)
+{
+    char *end;
+    long v;
+    if (**s == '*') {
+        *layer = -1;
+        (*s)++;
+    } else {
+        v = strtol(*s, &end, 10);
+        if (end == *s || v < 0 || v > max)
+            return false;
+        *layer = (int32_t)v;
+        *s = end;
+    }
+    if (**s != ':')
+        return false;
+    (*s)++;
+    return true;
+}
+
 char *cli_read_file(const char *cmd, const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");

@@ -91,27 +91,6 @@ typedef struct {
     const char *file;  /* _PRUNE_UNUSED, _PRUNE_LEAST */
 } bk_op;
 
-/* "L:" or "*:" */
-static bool bk_layer(const char **s, int32_t *layer)
-{
-    char *end;
-    long v;
-    if (**s == '*') {
-        *layer = -1;
-        (*s)++;
-    } else {
-        v = strtol(*s, &end, 10);
-        if (end == *s || v < 0 || v > 100000)
-            return false;
-        *layer = (int32_t)v;
-        *s = end;
-    }
-    if (**s != ':')
-        return false;
-    (*s)++;
-    return true;
-}
-
 static bool bk_int_list(const char **s, int32_t *out, int32_t *n, int32_t max)
 {
     *n = 0;
@@ -169,7 +148,8 @@ static bool bk_parse_op(int id, const char *arg, bk_op *op)
     default:
         break;
     }
-    if (!bk_layer(&s, &op->layer) || !bk_int_list(&s, op->ids, &op->n_ids, 64))
+    if (!cli_parse_layer_prefix(&s, &op->layer, 100000) ||
+        !bk_int_list(&s, op->ids, &op->n_ids, 64))
         return false;
     if ((id == BK_OPT_GROW && op->n_ids != 1) || (id == BK_OPT_MERGE && op->n_ids < 2))
         return false;
@@ -702,7 +682,8 @@ int cmd_bricks(int argc, char **argv)
         case BK_OPT_DISABLE: {
             const char *s = optarg;
             int32_t id[1], n = 0;
-            if (!bk_layer(&s, &bans[n_bans].layer) || !bk_int_list(&s, id, &n, 1) || *s) {
+            if (!cli_parse_layer_prefix(&s, &bans[n_bans].layer, 100000) ||
+                !bk_int_list(&s, id, &n, 1) || *s) {
                 rc = cli_fail(bk_cmd, CLI_EXIT_USAGE, "bad --disable '%s' (want L:E)", optarg);
                 goto done;
             }

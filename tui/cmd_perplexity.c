@@ -130,27 +130,6 @@ typedef struct {
     const char *exit_spec;
 } ppl_state;
 
-/* "L" or "*" -> layer (-1 for '*'); advances *s past it and one ':' */
-static bool ppl_layer(const char **s, int32_t *layer)
-{
-    char *end;
-    long v;
-    if (**s == '*') {
-        *layer = -1;
-        (*s)++;
-    } else {
-        v = strtol(*s, &end, 10);
-        if (end == *s || v < 0 || v > 1000000)
-            return false;
-        *layer = (int32_t)v;
-        *s = end;
-    }
-    if (**s != ':')
-        return false;
-    (*s)++;
-    return true;
-}
-
 /* Parse "[L:]K", "[L:]T", "L:E" or "L:E:S" for a routing option. */
 static bool ppl_route_arg(const char *opt, const char *arg, ppl_route_op *op)
 {
@@ -161,7 +140,7 @@ static bool ppl_route_arg(const char *opt, const char *arg, ppl_route_op *op)
     op->value = 0.0f;
     op->arg = arg;
     if (op->id == PPL_OPT_TOP_K || op->id == PPL_OPT_TEMP) {
-        if (strchr(arg, ':') && !ppl_layer(&s, &op->layer))
+        if (strchr(arg, ':') && !cli_parse_layer_prefix(&s, &op->layer, 1000000))
             goto bad;
         if (op->id == PPL_OPT_TOP_K) {
             long k = strtol(s, &end, 10);
@@ -176,7 +155,7 @@ static bool ppl_route_arg(const char *opt, const char *arg, ppl_route_op *op)
         }
         return true;
     }
-    if (!ppl_layer(&s, &op->layer))
+    if (!cli_parse_layer_prefix(&s, &op->layer, 1000000))
         goto bad;
     {
         long e = strtol(s, &end, 10);

@@ -124,63 +124,20 @@ bool tui_gen_load(tui_gen *g, const char *path, char *err, size_t errn)
     return true;
 }
 
-static char *gen_strdup0(const char *s)
-{
-    return strdup(s ? s : "");
-}
-
 bool tui_gen_meta(const tui_gen *g, tui_meta *m)
 {
-    moe_model_info info;
-    char sha[65];
     memset(m, 0, sizeof *m);
     if (!g->model)
         return false;
-    moe_model_get_info(g->model, &info);
-    m->path = gen_strdup0(info.path);
-    m->sha256 = gen_strdup0(moe_sha256_file(info.path, sha) ? sha : "");
-    m->name = gen_strdup0(info.name);
-    m->arch = gen_strdup0(info.arch);
-    m->ftype = gen_strdup0(info.ftype);
-    m->n_vocab = info.n_vocab;
-    m->n_ctx_train = info.n_ctx_train;
-    m->n_embd = info.n_embd;
-    m->n_layer = info.n_layer;
-    m->n_head = info.n_head;
-    m->n_head_kv = info.n_head_kv;
-    m->n_ff = info.n_ff;
-    m->n_expert = info.n_expert;
-    m->n_expert_used = info.n_expert_used;
-    m->n_ff_exp = info.n_ff_exp;
-    m->has_shared_expert = info.has_shared_expert;
-    m->n_params = info.n_params;
-    m->file_size = info.file_size;
-    m->weight_bytes = info.weight_bytes;
-    return m->path && m->sha256 && m->name && m->arch && m->ftype;
+    return moe_session_meta_from_model(m, g->model, NULL) == MOE_OK;
 }
 
 char **tui_gen_vocab(const tui_gen *g, int32_t *n)
 {
-    moe_model_info info;
-    char **v;
     *n = 0;
     if (!g->model)
         return NULL;
-    moe_model_get_info(g->model, &info);
-    v = calloc((size_t)(info.n_vocab > 0 ? info.n_vocab : 1), sizeof *v);
-    if (!v)
-        return NULL;
-    for (int32_t i = 0; i < info.n_vocab; i++) {
-        size_t len = 0;
-        const char *p = moe_token_piece(g->model, i, &len);
-        v[i] = tui_sanitize(p ? p : "", p ? len : 0);
-        if (!v[i]) {
-            tui_vocab_free(v, i);
-            return NULL;
-        }
-    }
-    *n = info.n_vocab;
-    return v;
+    return moe_session_vocab_from_model(g->model, n);
 }
 
 static char *gen_piece(const tui_gen *g, int32_t id)

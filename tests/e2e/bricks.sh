@@ -11,83 +11,27 @@
 # ../shared). Checks that need MOE_SHARED (or python3) print SKIP when absent.
 # Prints "N passed, N failed, N skipped" last; exits non-zero on any failure.
 
-BIN=${MOE_BIN:-./moe-studio}
-SHARED=${MOE_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 MIX=$SHARED/models/synthetic/tiny-mixtral.f32.gguf
 STORIES=$SHARED/models/real/stories260K.gguf
 
-pass=0
-fail=0
-skip=0
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moe-bricks-XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-skipped() { skip=$((skip + 1)); echo "SKIP: $1"; }
-
-have_python=no
-command -v python3 >/dev/null 2>&1 && have_python=yes
-
-run_bin() {
-    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-# expect_ok NAME [PATTERN] -- ARGS...
-expect_ok() {
-    name=$1
-    shift
-    pat=
-    if [ "$1" != "--" ]; then pat=$1; shift; fi
-    shift
-    run_bin "$@"
-    if [ "$rc" -ne 0 ]; then
-        bad "$name: exit $rc: $(head -n 3 "$tmp/err")"
-    elif [ -n "$pat" ] && ! grep -Eq -- "$pat" "$tmp/out"; then
-        bad "$name: stdout does not match /$pat/: $(head -n 3 "$tmp/out")"
-    else
-        ok "$name"
-    fi
-}
-
-# expect_err NAME CODE PATTERN -- ARGS...: exit CODE, one stderr line
-# "moe-studio <cmd>: ..." matching PATTERN.
-expect_err() {
-    name=$1
-    code=$2
-    pat=$3
-    shift 4
-    run_bin "$@"
-    lines=$(wc -l <"$tmp/err")
-    if [ "$rc" -ne "$code" ]; then
-        bad "$name: exit $rc, want $code: $(head -n 2 "$tmp/err")"
-    elif [ "$lines" -ne 1 ] || ! grep -Eq -- "^moe-studio [a-z-]+: .*$pat" "$tmp/err"; then
-        bad "$name: stderr is not one line matching /$pat/: $(head -n 3 "$tmp/err")"
-    else
-        ok "$name"
-    fi
-}
-
 # ---- usage errors (no data needed) ----
-expect_err "emoe without -m" 2 "-m MODEL is required" -- emoe --experts 4 --top-k 2 -o "$tmp/x.gguf"
-expect_err "emoe without --experts" 2 "--experts N and --top-k K" -- emoe -m x.gguf -o "$tmp/x.gguf"
-expect_err "emoe top-k > experts" 2 "exceeds" -- emoe -m x.gguf --experts 4 --top-k 5 -o "$tmp/x.gguf"
-expect_err "emoe bad option" 2 "" -- emoe --bogus
-expect_err "bricks without -m" 2 "-m MODEL is required" -- bricks
-expect_err "bricks op without -o" 2 "need -o" -- bricks -m x.gguf --prune 0:1
-expect_err "bricks bad merge" 2 "bad --merge" -- bricks -m x.gguf --merge 0:1 -o "$tmp/x.gguf"
-expect_err "bricks bad grow" 2 "bad --grow" -- bricks -m x.gguf --grow 0:1,2 -o "$tmp/x.gguf"
-expect_err "bricks bad kind" 2 "bad --kind" -- bricks -m x.gguf --kind heads
-expect_err "bricks disable with -o" 2 "run-time ban" -- bricks -m x.gguf --disable 0:1 -o "$tmp/x.gguf"
+expect_exit "emoe without -m" 2 "-m MODEL is required" -- emoe --experts 4 --top-k 2 -o "$tmp/x.gguf"
+expect_exit "emoe without --experts" 2 "--experts N and --top-k K" -- emoe -m x.gguf -o "$tmp/x.gguf"
+expect_exit "emoe top-k > experts" 2 "exceeds" -- emoe -m x.gguf --experts 4 --top-k 5 -o "$tmp/x.gguf"
+expect_exit "emoe bad option" 2 "" -- emoe --bogus
+expect_exit "bricks without -m" 2 "-m MODEL is required" -- bricks
+expect_exit "bricks op without -o" 2 "need -o" -- bricks -m x.gguf --prune 0:1
+expect_exit "bricks bad merge" 2 "bad --merge" -- bricks -m x.gguf --merge 0:1 -o "$tmp/x.gguf"
+expect_exit "bricks bad grow" 2 "bad --grow" -- bricks -m x.gguf --grow 0:1,2 -o "$tmp/x.gguf"
+expect_exit "bricks bad kind" 2 "bad --kind" -- bricks -m x.gguf --kind heads
+expect_exit "bricks disable with -o" 2 "run-time ban" -- bricks -m x.gguf --disable 0:1 -o "$tmp/x.gguf"
 expect_ok "emoe --help" "usage: moe-studio emoe" -- emoe --help
 expect_ok "bricks --help" "usage: moe-studio bricks" -- bricks --help
 
 if [ ! -f "$STORIES" ] || [ ! -f "$MIX" ]; then
     skipped "model checks: $SHARED/models absent"
-    echo "$pass passed, $fail failed, $skip skipped"
-    [ "$fail" -eq 0 ]
-    exit
+    finish
 fi
 
 cat >"$tmp/text.txt" <<'EOF'
@@ -99,8 +43,8 @@ EOF
 printf 'Once upon a time.' >"$tmp/short.txt"
 
 # ---- EMoE ----
-expect_err "emoe on an MoE model" 1 "already has 8 experts" -- emoe -m "$MIX" --experts 4 --top-k 2 -o "$tmp/x.gguf"
-expect_err "emoe bad layers" 2 "bad --layers" -- emoe -m "$STORIES" --experts 4 --top-k 2 --layers 0,9 -o "$tmp/x.gguf"
+expect_exit "emoe on an MoE model" 1 "already has 8 experts" -- emoe -m "$MIX" --experts 4 --top-k 2 -o "$tmp/x.gguf"
+expect_exit "emoe bad layers" 2 "bad --layers" -- emoe -m "$STORIES" --experts 4 --top-k 2 --layers 0,9 -o "$tmp/x.gguf"
 expect_ok "emoe N=8 K=8" "5 of 5 layers -> 8 experts of 22 rows \\(n_ff 172, 4 padding rows\\)" -- \
     emoe -m "$STORIES" --experts 8 --top-k 8 -o "$tmp/e8.gguf"
 expect_ok "emoe model info" "n_expert +8" -- info -m "$tmp/e8.gguf"
@@ -172,11 +116,10 @@ expect_ok "grow with noise" "8 -> 9 experts" -- \
     bricks -m "$MIX" --grow '*:2:0.05' --seed 3 -o "$tmp/g.gguf"
 expect_ok "prune-least" "8 -> 6 experts" -- \
     bricks -m "$MIX" --prune-least "2:$tmp/text.txt" -o "$tmp/pl.gguf"
-expect_err "one layer merged cannot be saved" 1 "one expert count" -- \
+expect_exit "one layer merged cannot be saved" 1 "one expert count" -- \
     bricks -m "$MIX" --merge 1:0,1:0.3,0.7 -o "$tmp/x.gguf"
-expect_err "prune out of range" 1 "out of range" -- bricks -m "$MIX" --prune '*:8' -o "$tmp/x.gguf"
-expect_err "bricks on a dense model" 1 "no routed experts" -- \
+expect_exit "prune out of range" 1 "out of range" -- bricks -m "$MIX" --prune '*:8' -o "$tmp/x.gguf"
+expect_exit "bricks on a dense model" 1 "no routed experts" -- \
     bricks -m "$STORIES" --prune '*:0' -o "$tmp/x.gguf"
 
-echo "$pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish

@@ -9,77 +9,11 @@
 # (or python3) print a SKIP line when it is absent.
 # Prints "N passed, N failed, N skipped" last; exits non-zero on any failure.
 
-BIN=${MOE_BIN:-./moe-studio}
-SHARED=${MOE_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 STORIES=$SHARED/models/real/stories260K.gguf
 GOLDEN=$SHARED/golden
 
-pass=0
-fail=0
-skip=0
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moe-e2e-XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-skipped() { skip=$((skip + 1)); echo "SKIP: $1"; }
-
-have_python=no
-command -v python3 >/dev/null 2>&1 && have_python=yes
-
-# run_bin ARGS...: run the binary, stdout -> $tmp/out, stderr -> $tmp/err,
-# status -> $rc
-run_bin() {
-    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-# expect_ok NAME [PATTERN] -- ARGS...: exit 0 and (if given) stdout matches
-# the extended regex PATTERN.
-expect_ok() {
-    name=$1
-    shift
-    pat=
-    if [ "$1" != "--" ]; then pat=$1; shift; fi
-    shift
-    run_bin "$@"
-    if [ "$rc" -ne 0 ]; then
-        bad "$name: exit $rc: $(head -n 3 "$tmp/err")"
-    elif [ -n "$pat" ] && ! grep -Eq -- "$pat" "$tmp/out"; then
-        bad "$name: stdout does not match /$pat/"
-    else
-        ok "$name"
-    fi
-}
-
-# expect_err NAME PATTERN -- ARGS...: non-zero exit below 128 (no crash),
-# exactly one line on stderr, starting "moe-studio" and matching PATTERN.
-expect_err() {
-    name=$1
-    pat=$2
-    shift 3
-    run_bin "$@"
-    lines=$(wc -l <"$tmp/err" | tr -d ' ')
-    if [ "$rc" -eq 0 ]; then
-        bad "$name: exit 0, expected a failure"
-    elif [ "$rc" -ge 128 ]; then
-        bad "$name: crashed (exit $rc): $(head -n 3 "$tmp/err")"
-    elif [ "$lines" != 1 ]; then
-        bad "$name: $lines lines on stderr, expected 1: $(head -n 5 "$tmp/err")"
-    elif ! grep -Eq '^moe-studio' "$tmp/err"; then
-        bad "$name: stderr does not start with 'moe-studio': $(cat "$tmp/err")"
-    elif ! grep -Eq -- "$pat" "$tmp/err"; then
-        bad "$name: stderr does not name the problem (/$pat/): $(cat "$tmp/err")"
-    else
-        ok "$name"
-    fi
-}
-
-if [ ! -x "$BIN" ]; then
-    echo "FAIL: binary $BIN not found"
-    echo "0 passed, 1 failed, 0 skipped"
-    exit 1
-fi
+require_bin
 
 # ---- usage, help, version --------------------------------------------------
 expect_ok "no arguments prints usage" 'usage: moe-studio' --
@@ -342,5 +276,4 @@ assert d["threads"] == 1
     fi
 fi
 
-echo "$pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish

@@ -10,55 +10,12 @@
 # Checks that need MOE_SHARED print a SKIP line when it is absent.
 # Prints "N passed, N failed, N skipped" last; exits non-zero on any failure.
 
-BIN=${MOE_BIN:-./moe-studio}
-SHARED=${MOE_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 STORIES=$SHARED/models/real/stories260K.gguf
 GOLDEN=$SHARED/golden/stories260K.greedy200.txt
 MIXTRAL=$SHARED/models/synthetic/tiny-mixtral.f32.gguf
 
-pass=0
-fail=0
-skip=0
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moe-exit-XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-skipped() { skip=$((skip + 1)); echo "SKIP: $1"; }
-
-run_bin() {
-    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-# expect_err NAME PATTERN -- ARGS...: non-zero exit below 128, exactly one
-# line on stderr, starting "moe-studio" and matching PATTERN.
-expect_err() {
-    name=$1
-    pat=$2
-    shift 3
-    run_bin "$@"
-    lines=$(wc -l <"$tmp/err" | tr -d ' ')
-    if [ "$rc" -eq 0 ]; then
-        bad "$name: exit 0, expected a failure"
-    elif [ "$rc" -ge 128 ]; then
-        bad "$name: crashed (exit $rc): $(head -n 3 "$tmp/err")"
-    elif [ "$lines" != 1 ]; then
-        bad "$name: $lines lines on stderr, expected 1: $(head -n 5 "$tmp/err")"
-    elif ! grep -Eq '^moe-studio' "$tmp/err"; then
-        bad "$name: stderr does not start with 'moe-studio': $(cat "$tmp/err")"
-    elif ! grep -Eq -- "$pat" "$tmp/err"; then
-        bad "$name: stderr does not name the problem (/$pat/): $(cat "$tmp/err")"
-    else
-        ok "$name"
-    fi
-}
-
-if [ ! -x "$BIN" ]; then
-    echo "FAIL: binary $BIN not found"
-    echo "0 passed, 1 failed, 0 skipped"
-    exit 1
-fi
+require_bin
 
 # ---- usage and bad specs (no model needed: specs are checked first) -------
 run_bin run --help
@@ -89,9 +46,7 @@ expect_err "run --exit hash:bad table" "bad.table" -- run -m "$tmp/none.gguf" --
 
 if [ ! -f "$STORIES" ]; then
     skipped "stories260K checks: $STORIES absent"
-    echo "$pass passed, $fail failed, $skip skipped"
-    [ "$fail" -eq 0 ]
-    exit
+    finish
 fi
 
 # ---- run --exit --verbose ----------------------------------------------------
@@ -182,5 +137,4 @@ else
     skipped "mixtral bench: $MIXTRAL absent"
 fi
 
-echo "$pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish

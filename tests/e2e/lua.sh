@@ -4,17 +4,17 @@
 # plugins, and every workflow script of scripts/ on the ../shared models,
 # each result checked by a Lua checker that recomputes what it can
 # (log-likelihoods, cluster membership, argmaxes, BM25 hits).
-BIN=${MOE_BIN:-./moe-studio}
-SRC=${MOE_SRCDIR:-.}
-SHARED=${MOE_SHARED:-../shared}
+# Fail-fast: the first failing check stops the script (exit 1); SKIPs as a
+# whole (exit 77) without the reference models. Uses lib.sh only for the
+# environment defaults and the scratch directory.
+. "$(dirname "$0")/lib.sh"
 STORIES=$SHARED/models/real/stories260K.gguf
 MIXTRAL=$SHARED/models/synthetic/tiny-mixtral.f32.gguf
 if [ ! -f "$STORIES" ] || [ ! -f "$MIXTRAL" ]; then
     echo "SKIP: lua e2e: $STORIES or $MIXTRAL absent"
     exit 77
 fi
-T=$(mktemp -d "${TMPDIR:-/tmp}/moe-lua-e2e.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+T=$tmp
 export MOE_SHARED=$SHARED XDG_CONFIG_HOME=$T/config
 fail() { echo "FAIL: $*"; exit 1; }
 run_script() { # name, then args: runs scripts/<name>.lua, output in $T/<name>.txt

@@ -9,74 +9,13 @@
 # python3) print a SKIP line when it is absent.
 # Prints "N passed, N failed, N skipped" last; exits non-zero on any failure.
 
-BIN=${MOE_BIN:-./moe-studio}
-SHARED=${MOE_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 MIX=$SHARED/models/synthetic/tiny-mixtral.f32.gguf
 OLMOE=$SHARED/models/synthetic/tiny-olmoe.f32.gguf
 STORIES=$SHARED/models/real/stories260K.gguf
 
-pass=0
-fail=0
-skip=0
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moe-router-XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-skipped() { skip=$((skip + 1)); echo "SKIP: $1"; }
-
-have_python=no
-command -v python3 >/dev/null 2>&1 && have_python=yes
-
-run_bin() {
-    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-# expect_ok NAME [PATTERN] -- ARGS...
-expect_ok() {
-    name=$1
-    shift
-    pat=
-    if [ "$1" != "--" ]; then pat=$1; shift; fi
-    shift
-    run_bin "$@"
-    if [ "$rc" -ne 0 ]; then
-        bad "$name: exit $rc: $(head -n 3 "$tmp/err")"
-    elif [ -n "$pat" ] && ! grep -Eq -- "$pat" "$tmp/out"; then
-        bad "$name: stdout does not match /$pat/"
-    else
-        ok "$name"
-    fi
-}
-
-# expect_err NAME CODE PATTERN -- ARGS...: exit CODE, one stderr line
-# "moe-studio <cmd>: ..." matching PATTERN.
-expect_err() {
-    name=$1
-    code=$2
-    pat=$3
-    shift 4
-    run_bin "$@"
-    lines=$(wc -l <"$tmp/err" | tr -d ' ')
-    if [ "$rc" -ne "$code" ]; then
-        bad "$name: exit $rc, expected $code: $(head -n 2 "$tmp/err")"
-    elif [ "$lines" != 1 ]; then
-        bad "$name: $lines lines on stderr, expected 1: $(head -n 5 "$tmp/err")"
-    elif ! grep -Eq '^moe-studio (perplexity|route-stats): ' "$tmp/err"; then
-        bad "$name: stderr does not start with the command: $(cat "$tmp/err")"
-    elif ! grep -Eq -- "$pat" "$tmp/err"; then
-        bad "$name: stderr does not name the problem (/$pat/): $(cat "$tmp/err")"
-    else
-        ok "$name"
-    fi
-}
-
-if [ ! -x "$BIN" ]; then
-    echo "FAIL: binary $BIN not found"
-    echo "0 passed, 1 failed, 0 skipped"
-    exit 1
-fi
+ERR_PREFIX='^moe-studio (perplexity|route-stats): '
+require_bin
 
 # ---- usage and errors that need no model ------------------------------------
 expect_ok "usage lists route-stats" '^  route-stats ' --
@@ -84,30 +23,28 @@ expect_ok "usage lists perplexity" '^  perplexity ' --
 expect_ok "perplexity --help" 'usage: moe-studio perplexity' -- perplexity --help
 expect_ok "perplexity --help lists rectify" '--rectify MODE' -- perplexity --help
 expect_ok "route-stats --help" 'usage: moe-studio route-stats' -- route-stats --help
-expect_err "perplexity without -m" 2 "-m MODEL" -- perplexity -f x.txt
-expect_err "perplexity without -f" 2 "-f FILE" -- perplexity -m x.gguf
-expect_err "route-stats without -f" 2 "-f FILE" -- route-stats -m x.gguf
-expect_err "perplexity: unknown option" 2 "--frob" -- perplexity --frob
-expect_err "perplexity: option missing its value" 2 "--capacity" -- perplexity -m x --capacity
-expect_err "perplexity: bad --rectify" 2 "rectify.*sideways" -- perplexity -m x -f y --rectify sideways
-expect_err "perplexity: bad --drop" 2 "--drop" -- perplexity -m x -f y --drop random
-expect_err "perplexity: bad --ban" 2 "--ban.*x:1" -- perplexity -m x -f y --ban x:1
-expect_err "perplexity: --ban without an expert" 2 "--ban" -- perplexity -m x -f y --ban 1
-expect_err "perplexity: bad --scale" 2 "--scale" -- perplexity -m x -f y --scale '*:1'
-expect_err "perplexity: --top-k 0" 2 "--top-k" -- perplexity -m x -f y --top-k 0
-expect_err "perplexity: --router-temp 0" 2 "--router-temp" -- perplexity -m x -f y --router-temp 0
-expect_err "perplexity: negative capacity" 2 "--capacity" -- perplexity -m x -f y --capacity -1
-expect_err "route-stats: --layer not a number" 2 "--layer" -- route-stats -m x -f y --layer two
-expect_err "perplexity: missing text file" 1 "nope\.txt" -- perplexity -m x.gguf -f "$tmp/nope.txt"
+expect_exit "perplexity without -m" 2 "-m MODEL" -- perplexity -f x.txt
+expect_exit "perplexity without -f" 2 "-f FILE" -- perplexity -m x.gguf
+expect_exit "route-stats without -f" 2 "-f FILE" -- route-stats -m x.gguf
+expect_exit "perplexity: unknown option" 2 "--frob" -- perplexity --frob
+expect_exit "perplexity: option missing its value" 2 "--capacity" -- perplexity -m x --capacity
+expect_exit "perplexity: bad --rectify" 2 "rectify.*sideways" -- perplexity -m x -f y --rectify sideways
+expect_exit "perplexity: bad --drop" 2 "--drop" -- perplexity -m x -f y --drop random
+expect_exit "perplexity: bad --ban" 2 "--ban.*x:1" -- perplexity -m x -f y --ban x:1
+expect_exit "perplexity: --ban without an expert" 2 "--ban" -- perplexity -m x -f y --ban 1
+expect_exit "perplexity: bad --scale" 2 "--scale" -- perplexity -m x -f y --scale '*:1'
+expect_exit "perplexity: --top-k 0" 2 "--top-k" -- perplexity -m x -f y --top-k 0
+expect_exit "perplexity: --router-temp 0" 2 "--router-temp" -- perplexity -m x -f y --router-temp 0
+expect_exit "perplexity: negative capacity" 2 "--capacity" -- perplexity -m x -f y --capacity -1
+expect_exit "route-stats: --layer not a number" 2 "--layer" -- route-stats -m x -f y --layer two
+expect_exit "perplexity: missing text file" 1 "nope\.txt" -- perplexity -m x.gguf -f "$tmp/nope.txt"
 printf 'In the beginning God created the heaven and the earth.\n' >"$tmp/short.txt"
-expect_err "perplexity: missing model" 1 "missing\.gguf" -- perplexity -m "$tmp/missing.gguf" -f "$tmp/short.txt"
-expect_err "route-stats: missing model" 1 "missing\.gguf" -- route-stats -m "$tmp/missing.gguf" -f "$tmp/short.txt"
+expect_exit "perplexity: missing model" 1 "missing\.gguf" -- perplexity -m "$tmp/missing.gguf" -f "$tmp/short.txt"
+expect_exit "route-stats: missing model" 1 "missing\.gguf" -- route-stats -m "$tmp/missing.gguf" -f "$tmp/short.txt"
 
 if [ ! -f "$MIX" ] || [ ! -f "$OLMOE" ] || [ ! -f "$STORIES" ]; then
     skipped "perplexity/route-stats on models: $SHARED models absent (set MOE_SHARED)"
-    echo "$pass passed, $fail failed, $skip skipped"
-    [ "$fail" -eq 0 ]
-    exit $?
+    finish
 fi
 
 # A text of a few hundred tokens, written here (no fixture file).
@@ -120,14 +57,14 @@ done
 : >"$tmp/empty.txt"
 
 # ---- errors that need a model -----------------------------------------------
-expect_err "perplexity: empty text" 1 "at least 2" -- perplexity -m "$MIX" -f "$tmp/empty.txt"
-expect_err "perplexity: routing on a dense model" 2 "dense" -- perplexity -m "$STORIES" -f "$tmp/text.txt" --ban '*:0'
-expect_err "perplexity: --ban layer out of range" 2 "--ban 7:0: layer 7" -- perplexity -m "$MIX" -f "$tmp/text.txt" --ban 7:0
-expect_err "perplexity: --force expert out of range" 2 "expert 8" -- perplexity -m "$MIX" -f "$tmp/text.txt" --force '*:8'
-expect_err "perplexity: --top-k above n_expert" 2 "--top-k 9" -- perplexity -m "$MIX" -f "$tmp/text.txt" --top-k 9
-expect_err "perplexity: too many devices" 2 "devices" -- perplexity -m "$MIX" -f "$tmp/text.txt" --capacity 1 --devices 9
-expect_err "route-stats: dense model" 2 "dense" -- route-stats -m "$STORIES" -f "$tmp/text.txt"
-expect_err "route-stats: --layer out of range" 2 "--layer 3" -- route-stats -m "$MIX" -f "$tmp/text.txt" --layer 3
+expect_exit "perplexity: empty text" 1 "at least 2" -- perplexity -m "$MIX" -f "$tmp/empty.txt"
+expect_exit "perplexity: routing on a dense model" 2 "dense" -- perplexity -m "$STORIES" -f "$tmp/text.txt" --ban '*:0'
+expect_exit "perplexity: --ban layer out of range" 2 "--ban 7:0: layer 7" -- perplexity -m "$MIX" -f "$tmp/text.txt" --ban 7:0
+expect_exit "perplexity: --force expert out of range" 2 "expert 8" -- perplexity -m "$MIX" -f "$tmp/text.txt" --force '*:8'
+expect_exit "perplexity: --top-k above n_expert" 2 "--top-k 9" -- perplexity -m "$MIX" -f "$tmp/text.txt" --top-k 9
+expect_exit "perplexity: too many devices" 2 "devices" -- perplexity -m "$MIX" -f "$tmp/text.txt" --capacity 1 --devices 9
+expect_exit "route-stats: dense model" 2 "dense" -- route-stats -m "$STORIES" -f "$tmp/text.txt"
+expect_exit "route-stats: --layer out of range" 2 "--layer 3" -- route-stats -m "$MIX" -f "$tmp/text.txt" --layer 3
 
 # ---- perplexity -----------------------------------------------------------
 expect_ok "perplexity of a dense model" '^perplexity +[0-9]+\.[0-9]+' -- perplexity -m "$STORIES" -f "$tmp/text.txt"
@@ -260,5 +197,4 @@ expect_ok "route-stats --layer prints co-activation" 'co-activation' -- route-st
 if grep -q '^layer 0 ' "$tmp/out"; then bad "route-stats --layer 1 printed layer 0"; else ok "route-stats --layer 1 prints only layer 1"; fi
 if grep -q '^layer 1 \[decode\]' "$tmp/out"; then ok "route-stats -n prints the decode phase"; else bad "route-stats -n: no decode phase"; fi
 
-echo "$pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish

@@ -8,37 +8,7 @@
 # Environment (set by `make check`): MOE_BIN, MOE_SRCDIR. Needs no ../shared.
 # Prints "N passed, N failed, N skipped" last; exits non-zero on any failure.
 
-BIN=${MOE_BIN:-./moe-studio}
-SRC=${MOE_SRCDIR:-.}
-
-pass=0
-fail=0
-skip=0
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/moe-train-XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-ok() { pass=$((pass + 1)); echo "PASS: $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL: $1"; }
-
-run_bin() {
-    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-# expect_err NAME PATTERN -- ARGS...: non-zero exit below 128, exactly one
-# line on stderr, starting "moe-studio" and matching PATTERN.
-expect_err() {
-    name=$1
-    pat=$2
-    shift 3
-    run_bin "$@"
-    if [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] &&
-        grep -q "^moe-studio" "$tmp/err" && grep -q -- "$pat" "$tmp/err"; then
-        ok "$name"
-    else
-        bad "$name (rc $rc: $(head -c 300 "$tmp/err"))"
-    fi
-}
+. "$(dirname "$0")/lib.sh"
 
 # a small text: a few verses, repeated with variations, chapters apart
 i=0
@@ -161,7 +131,7 @@ expect_err "no vocabulary" "vocab" -- train --text "$tmp/text.txt" -o "$tmp/x.gg
 expect_err "bad brick" "brick" -- train -m "$tmp/a.gguf" --text "$tmp/text.txt" -o "$tmp/x.gguf" --train-only blk.7
 expect_err "bad export type" "export-type" -- train --export-type q4_0 --text "$tmp/text.txt" -o "$tmp/x.gguf"
 expect_err "bad shape" "n_head" -- train --vocab "$tmp/vocab.gguf" --text "$tmp/text.txt" -o "$tmp/x.gguf" --n-head 3
-expect_err "missing model" "cannot\|No such\|open" -- train -m "$tmp/none.gguf" --text "$tmp/text.txt" -o "$tmp/x.gguf"
+expect_err "missing model" "cannot|No such|open" -- train -m "$tmp/none.gguf" --text "$tmp/text.txt" -o "$tmp/x.gguf"
 
 # 10. the committed default model loads and writes English
 DEF="$SRC/models/kjv-moe.gguf"
@@ -173,9 +143,7 @@ if [ -s "$DEF" ]; then
         bad "default model writes text ($(cat "$tmp/err"))"
     fi
 else
-    skip=$((skip + 1))
-    echo "SKIP: default model: $DEF absent"
+    skipped "default model: $DEF absent"
 fi
 
-echo "$pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish
