@@ -139,7 +139,8 @@ static void studio_usage(FILE *f)
     fprintf(f, "usage: moe-studio studio [-m MODEL] [-t N]\n"
                "       moe-studio [-m MODEL] [-t N]\n"
                "  Opens the interactive studio (a terminal is needed).\n"
-               "  -m, --model MODEL   GGUF model to load (else :load FILE inside)\n"
+               "  -m, --model MODEL   GGUF model to load (default: the bundled models/kjv-moe.gguf;\n"
+               "                      $MOE_DEFAULT_MODEL overrides it; :load FILE inside)\n"
                "  -t, --threads N     worker threads\n"
                "Inside: ? lists keys and commands.\n");
 }
@@ -170,6 +171,8 @@ int cmd_studio(int argc, char **argv)
         return cli_fail("studio", CLI_EXIT_USAGE, "unexpected argument '%s'", argv[optind]);
     if (model && access(model, R_OK) != 0)
         return cli_fail("studio", CLI_EXIT_FAIL, "cannot read model '%s'", model);
+    if (!model)
+        model = cli_default_model_path(); /* the embedded KJV MoE, NULL if not found */
     tui_app_init(&a);
     return studio_session(&a, n_threads, model, "studio");
 }
