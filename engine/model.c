@@ -519,6 +519,24 @@ int64_t moe_model_active_bytes_per_token(const moe_model *m)
     return dense + active;
 }
 
+const void *moe_model_weight_span(const moe_model *m, size_t *size)
+{
+    const unsigned char *lo = NULL, *hi = NULL;
+    int64_t n = gguf_n_tensors(m->gguf);
+    for (int64_t i = 0; i < n; i++) {
+        const gguf_tensor_info *ti = gguf_tensor(m->gguf, i);
+        const unsigned char *d = ti->data;
+        if (!d || ti->nbytes == 0)
+            continue;
+        if (!lo || d < lo)
+            lo = d;
+        if (!hi || d + ti->nbytes > hi)
+            hi = d + ti->nbytes;
+    }
+    *size = lo ? (size_t)(hi - lo) : 0;
+    return lo;
+}
+
 /* ---- tokens ------------------------------------------------------------ */
 
 int32_t moe_tokenize(const moe_model *m, const char *text, size_t len, int32_t *out,

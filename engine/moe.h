@@ -100,6 +100,10 @@ void moe_model_get_info(const moe_model *model, moe_model_info *info);
  * table (one row of it) and, for MoE layers, only n_expert_used of the
  * n_expert experts. For bandwidth figures. */
 int64_t moe_model_active_bytes_per_token(const moe_model *model);
+/* The contiguous byte range of the mapping that holds every tensor (start
+ * returned, length in *size; NULL and 0 when there are none). For measuring
+ * the read bandwidth of the very pages decode streams. */
+const void *moe_model_weight_span(const moe_model *model, size_t *size);
 
 /* Architectures the engine runs, as a NULL-terminated list. */
 const char *const *moe_supported_archs(void);

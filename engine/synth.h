@@ -31,5 +31,9 @@ moe_status synth_write(const synth_shape *shape, moe_type type, uint64_t seed,
 /* Measured memory read bandwidth in GB/s using n_threads threads streaming a
  * buffer much larger than the last-level cache. */
 double synth_read_bandwidth(int n_threads);
+/* Median read bandwidth in GB/s of streaming the bytes [p, p+n) (e.g. the
+ * weight mapping decode reads) with n_threads threads; see synth.c for the
+ * method. 0 on failure or n < 1 MiB. */
+double synth_read_bandwidth_at(const void *p, size_t n, int n_threads);
 
 #endif

@@ -354,6 +354,15 @@ START_TEST(test_model_runs)
                                  NULL, NULL), MOE_OK);
     mp.n_threads = 1;
     ck_assert_msg(moe_model_load(path, &mp, &m) == MOE_OK, "%s", moe_last_error());
+    {
+        /* the weight span covers every tensor byte and stays inside the file */
+        moe_model_info mi;
+        size_t span = 0;
+        ck_assert_ptr_nonnull(moe_model_weight_span(m, &span));
+        moe_model_get_info(m, &mi);
+        ck_assert_int_ge((int64_t)span, mi.weight_bytes);
+        ck_assert_int_le((int64_t)span, mi.file_size);
+    }
     n = moe_tokenize(m, text, strlen(text), ids, 64, true, false);
     ck_assert_int_gt(n, 1);
     ck_assert_int_lt(n, (int32_t)strlen(text)); /* merges happened */
@@ -370,6 +379,24 @@ START_TEST(test_model_runs)
 }
 END_TEST
 
+/* The weight-page probe: any alignment and length, rejects tiny/NULL regions. */
+START_TEST(test_read_bandwidth_at)
+{
+    const size_t n = ((size_t)3 << 20) + 17;
+    unsigned char *b = malloc(n + 1);
+    double bw;
+    ck_assert_ptr_nonnull(b);
+    memset(b, 0xa5, n + 1);
+    ck_assert(synth_read_bandwidth_at(NULL, n, 2) == 0.0);
+    ck_assert(synth_read_bandwidth_at(b, 1000, 2) == 0.0);
+    bw = synth_read_bandwidth_at(b + 1, n, 2); /* unaligned start */
+    ck_assert(isfinite(bw) && bw > 0.0);
+    bw = synth_read_bandwidth_at(b + 1, n, 1);
+    ck_assert(isfinite(bw) && bw > 0.0);
+    free(b);
+}
+END_TEST
+
 Suite *synth_suite(void);
 Suite *synth_suite(void)
 {
@@ -383,6 +410,7 @@ Suite *synth_suite(void)
     tcase_add_test(tc, test_type_fallback);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_model_runs);
+    tcase_add_test(tc, test_read_bandwidth_at);
     suite_add_tcase(su, tc);
     return su;
 }
