@@ -160,6 +160,21 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(scale2)(int a, int b)
     return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
 }
 
+/* One row (_dot) and four activation rows (_dot4) through NAME##_rows. */
+#define QX_ROW_WRAPPERS(NAME)                                                             \
+    static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
+    {                                                                                     \
+        const void *av[1] = {a};                                                          \
+        float o;                                                                          \
+        QX(NAME##_rows)(n, w, av, 1, &o);                                                 \
+        return o;                                                                         \
+    }                                                                                     \
+    static QX_TARGET void QX(NAME##_dot4)(int64_t n, const void *w, const void *const a[4], \
+                                          float out[4])                                   \
+    {                                                                                     \
+        QX(NAME##_rows)(n, w, a, 4, out);                                                 \
+    }
+
 /* ---- generic driver ------------------------------------------------------
  * NAME##_step(w, a, i, na, acc, accb) folds block i of the weight row into
  * the float accumulators acc[k] (per activation row k < na); accb is a
@@ -185,18 +200,7 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(scale2)(int a, int b)
         QX_UNROLL for (int k = 0; k < na; k++)                                                      \
             out[k] = QX(hsum)(_mm256_add_ps(acc[k], accb[k]));                            \
     }                                                                                     \
-    static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
-    {                                                                                     \
-        const void *av[1] = {a};                                                          \
-        float o;                                                                          \
-        QX(NAME##_rows)(n, w, av, 1, &o);                                                 \
-        return o;                                                                         \
-    }                                                                                     \
-    static QX_TARGET void QX(NAME##_dot4)(int64_t n, const void *w, const void *const a[4], \
-                                          float out[4])                                   \
-    {                                                                                     \
-        QX(NAME##_rows)(n, w, a, 4, out);                                                 \
-    }
+    QX_ROW_WRAPPERS(NAME)
 
 /* ---- float types -------------------------------------------------------------- */
 
@@ -1017,18 +1021,7 @@ QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
         QX_UNROLL for (int k = 0; k < na; k++)                                                      \
             out[k] = MODE == 4 ? s0[k] - s1[k] : QX(hsum)(acc[k]) + s0[k];                \
     }                                                                                     \
-    static QX_TARGET float QX(NAME##_dot)(int64_t n, const void *w, const void *a)        \
-    {                                                                                     \
-        const void *av[1] = {a};                                                          \
-        float o;                                                                          \
-        QX(NAME##_rows)(n, w, av, 1, &o);                                                 \
-        return o;                                                                         \
-    }                                                                                     \
-    static QX_TARGET void QX(NAME##_dot4)(int64_t n, const void *w, const void *const a[4], \
-                                          float out[4])                                   \
-    {                                                                                     \
-        QX(NAME##_rows)(n, w, a, 4, out);                                                 \
-    }
+    QX_ROW_WRAPPERS(NAME)
 
 /* DMINF: the dmin field (q6_k has none and passes d: MODE 6 never reads it) */
 QX_KLDRIVER(q4_k, q4_k_kl, blk_q4_k, 4, dmin)

@@ -175,8 +175,11 @@ static void lb_push_train_stats(lua_State *L, const moe_train_stats *s)
     lua_setfield(L, -2, "lr");
 }
 
-/* t:step(text | ids [, {n_tok = 32, n_seq}]) -> stats | nil, msg */
-static int lb_trainer_step(lua_State *L)
+typedef moe_status (*lb_train_fn)(moe_trainer *t, const int32_t *ids, int32_t n_seq,
+                                  int32_t n_tok, moe_train_stats *s);
+
+/* Run one training step or evaluation on the batch in args 2-3. */
+static int lb_trainer_run(lua_State *L, lb_train_fn fn)
 {
     moe_trainer *t = lb_check_trainer(L, 1);
     moe_train_stats s;
@@ -186,29 +189,23 @@ static int lb_trainer_step(lua_State *L)
     lua_settop(L, 3);
     ids = lb_train_batch(L, t, 2, 3, &n_seq, &n_tok);
     memset(&s, 0, sizeof s);
-    st = moe_trainer_step(t, ids, n_seq, n_tok, &s);
+    st = fn(t, ids, n_seq, n_tok, &s);
     if (st != MOE_OK)
         return lb_fail(L, st);
     lb_push_train_stats(L, &s);
     return 1;
 }
 
+/* t:step(text | ids [, {n_tok = 32, n_seq}]) -> stats | nil, msg */
+static int lb_trainer_step(lua_State *L)
+{
+    return lb_trainer_run(L, moe_trainer_step);
+}
+
 /* t:eval(text | ids [, {n_tok, n_seq}]) -> stats | nil, msg */
 static int lb_trainer_eval(lua_State *L)
 {
-    moe_trainer *t = lb_check_trainer(L, 1);
-    moe_train_stats s;
-    int32_t n_seq, n_tok;
-    const int32_t *ids;
-    moe_status st;
-    lua_settop(L, 3);
-    ids = lb_train_batch(L, t, 2, 3, &n_seq, &n_tok);
-    memset(&s, 0, sizeof s);
-    st = moe_trainer_eval(t, ids, n_seq, n_tok, &s);
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lb_push_train_stats(L, &s);
-    return 1;
+    return lb_trainer_run(L, moe_trainer_eval);
 }
 
 /* t:grow(src_expert [, noise = 0.01 [, seed = 1]]) -> true | nil, msg */
