@@ -766,6 +766,76 @@ static void wsum_chunk(void *arg, int ith, int64_t ch)
                      n_embd);
 }
 
+/* EMoE layers (unweighted gating) with f32 down weights: each token's
+ * selected experts' down projections and their weighted sum in one double
+ * accumulation per output, rounded once. The dense f32 dot over n_ff is a
+ * double sum too when n_ff is no multiple of 16, so with K = N the
+ * converted layer gives the dense layer's bits instead of one float
+ * rounding per expert piece. */
+typedef struct {
+    rows_part part;
+    moe_ctx *c;
+    const mtensor *wd;
+} down_exact_job;
+
+static double dot_f32_double(const float *w, const float *h, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t k = 0; k < n; k++)
+        s += (double)w[k] * h[k];
+    return s;
+}
+
+static void down_exact_chunk(void *arg, int ith, int64_t ch)
+{
+    const down_exact_job *job = arg;
+    moe_ctx *c = job->c;
+    const mtensor *wd = job->wd;
+    const int64_t nf = wd->ne[0], n_embd = wd->ne[1];
+    const int32_t ns = c->n_sel;
+    int64_t r0, r1;
+    (void)ith;
+    rows_range(&job->part, ch, &r0, &r1);
+    for (int64_t t = r0; t < r1; t++) {
+        float *o = c->ffn_out + (size_t)t * (size_t)n_embd;
+        for (int64_t i = 0; i < n_embd; i++) {
+            double s = 0.0;
+            for (int32_t j = 0; j < c->n_sel_tok[t]; j++) {
+                const int64_t e = c->sel[t * ns + j];
+                const float *w = (const float *)((const char *)wd->data +
+                                                  (size_t)(e * n_embd + i) * wd->row_bytes);
+                const float *h = c->hb + (size_t)c->slot_of[t * ns + j] * (size_t)nf;
+                s += (double)c->sel_w[t * ns + j] * dot_f32_double(w, h, nf);
+            }
+            o[i] = (float)s;
+        }
+    }
+}
+
+/* the routed experts' down projections, then their weighted sum per token */
+static void ffn_moe_down(moe_ctx *c, const model_layer *L, int32_t n, int32_t n_slots,
+                         const int32_t *slot_start)
+{
+    const int32_t ne = c->model->hp.n_expert, ns = c->n_sel;
+    const int64_t n_embd = c->model->hp.n_embd, nf = c->model->hp.n_ff_exp;
+    mm_task tasks[MM_MAX_TASKS];
+    int n_tasks = 0;
+    size_t rb;
+    const void *act = act_convert(c, L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
+    for (int32_t e = 0; e < ne; e++)
+        if (c->exp_count[e])
+            tasks[n_tasks++] = mm_make_expert(
+                &L->down_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
+                c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd, n_embd);
+    mm_run(c, tasks, n_tasks);
+
+    /* weighted sum back per token, in choice order like the reference */
+    {
+        wsum_job wj = {{0, 0}, c, n_embd};
+        rows_run(c, &wj.part, n, n_embd * ns, 2, wsum_chunk, &wj);
+    }
+}
+
 static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
 {
     const moe_model *m = c->model;
@@ -834,20 +904,11 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
         rows_run(c, &sj.part, n_slots, nf, 4, swiglu_chunk, &sj);
     }
 
-    /* down projections */
-    n_tasks = 0;
-    act = act_convert(c, L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
-    for (int32_t e = 0; e < ne; e++)
-        if (c->exp_count[e])
-            tasks[n_tasks++] = mm_make_expert(
-                &L->down_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
-                c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd, n_embd);
-    mm_run(c, tasks, n_tasks);
-
-    /* weighted sum back per token, in choice order like the reference */
-    {
-        wsum_job wj = {{0, 0}, c, n_embd};
-        rows_run(c, &wj.part, n, n_embd * ns, 2, wsum_chunk, &wj);
+    if (hp->unweighted && L->down_exps.type == MOE_TYPE_F32) {
+        down_exact_job dj = {{0, 0}, c, &L->down_exps};
+        rows_run(c, &dj.part, n, n_embd * nf * ns, 1, down_exact_chunk, &dj);
+    } else {
+        ffn_moe_down(c, L, n, n_slots, slot_start);
     }
 
     /* shared expert (qwen2moe) */

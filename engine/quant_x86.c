@@ -8,7 +8,7 @@
  * Two kernel sets are compiled from the same source by including this file
  * into itself twice: "avx2" (AVX2 + FMA + F16C; int8 products through
  * vpmaddubsw/vpmaddwd) and "avx512-vnni" (adds AVX512F/BW/DQ/VL + VNNI:
- * vpdpbusd / vpdpwssd on 256-bit vectors). For f32 (n % 16 == 0), f16
+ * vpdpbusd / vpdpwssd on 256-bit vectors). For f32, f16
  * and bf16 (both orders), the 32-element types, q4_k, q5_k and q6_k the
  * results are bit-identical to the scalar reference of quant.c, whose float
  * order follows the reference runtime; q2_k, q3_k and q8_k equal it up to
@@ -230,27 +230,26 @@ QX_FLOAT_STEP(f16, ld_f16)
 QX_DRIVER(f32, void, void, 8)
 QX_DRIVER(f16, void, void, 8)
 
-/* the float dots cover n % 8 leftovers with the scalar reference */
-#define QX_FLOAT_DOTS(NAME, T, ET)                                                        \
-    static QX_TARGET float QX(dotf_##NAME)(int64_t n, const void *w, const void *a)       \
-    {                                                                                     \
-        int64_t m = n & ~(int64_t)7;                                                      \
-        float s = QX(NAME##_dot)(m, w, a);                                                \
-        if (m < n)                                                                        \
-            s += quant_ref_dot(T, n - m, (const ET *)w + m, (const ET *)a + m);           \
-        return s;                                                                         \
-    }                                                                                     \
-    static QX_TARGET void QX(dotf4_##NAME)(int64_t n, const void *w, const void *const a[4], \
-                                           float out[4])                                  \
-    {                                                                                     \
-        int64_t m = n & ~(int64_t)7;                                                      \
-        QX(NAME##_dot4)(m, w, a, out);                                                    \
-        if (m < n)                                                                        \
-            QX_UNROLL for (int k = 0; k < 4; k++)                                                   \
-                out[k] += quant_ref_dot(T, n - m, (const ET *)w + m, (const ET *)a[k] + m); \
-    }
+/* f32 rows of n % 16 != 0 elements take the scalar reference whole (its
+ * double sum): the fast path is then bit-identical for every n, and a row
+ * split into pieces (EMoE experts summed in double) can reproduce it */
+static QX_TARGET float QX(dotf_f32)(int64_t n, const void *w, const void *a)
+{
+    if (n % 16)
+        return quant_ref_dot(MOE_TYPE_F32, n, w, a);
+    return QX(f32_dot)(n, w, a);
+}
 
-QX_FLOAT_DOTS(f32, MOE_TYPE_F32, float)
+static QX_TARGET void QX(dotf4_f32)(int64_t n, const void *w, const void *const a[4],
+                                    float out[4])
+{
+    if (n % 16) {
+        for (int k = 0; k < 4; k++)
+            out[k] = quant_ref_dot(MOE_TYPE_F32, n, w, a[k]);
+        return;
+    }
+    QX(f32_dot4)(n, w, a, out);
+}
 
 /* f16 / bf16, bit-identical to the scalar reference of quant.c in both of
  * its orders (see the comment above its dot_f16): a 16-lane accumulator is
@@ -1216,7 +1215,6 @@ static void QX(fill)(quant_kernels *ks)
 #undef QX_KLDRIVER
 #undef QX_SDRIVER
 #undef QX_FLOAT_STEP
-#undef QX_FLOAT_DOTS
 #undef QX_SIGNED_INT
 #undef QX_UNSIGNED_INT
 

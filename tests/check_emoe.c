@@ -236,14 +236,13 @@ static void em_exact_case(const char *dense, int32_t nexp, const bool *layers, i
     n1 = em_logits(dense, 0, &ld, &nv);
     n2 = em_logits(out, 0, &le, &nv);
     ck_assert_int_eq(n1, n2);
-    /* Exact up to float rounding: the experts' partial sums are added in
-     * another order than the dense row sums. Logits of stories260K reach
-     * ~23 (one ulp = 2e-6); on this 104-token text converting a single
-     * layer already moves some logit by ~1e-5 (measured 4.8e-6..9.5e-6
-     * per layer, 1.03e-5 for all five), so the bound is 2e-5 with a mean
-     * under 3e-6 and identical argmaxes. */
+    /* The issue asks for 1e-5; the result is bit-identical: the experts'
+     * down projections are summed in one double accumulation
+     * (forward.c, down_exact_chunk), as the dense f32 dot sums its n_ff =
+     * 172 products (quant_x86.c, dotf_f32). Measured 1.03e-5 when every
+     * expert's piece was rounded to float first. */
     diff = em_max_diff(ld, le, n1, nv, &mean, &same);
-    ck_assert_msg(diff <= 2e-5 && mean <= 3e-6 && same,
+    ck_assert_msg(diff == 0 && mean == 0 && same,
                   "N = K = %d: max |logit diff| %g, mean %g, argmax %s", nexp, diff, mean,
                   same ? "same" : "differs");
     free(ld);
