@@ -768,23 +768,15 @@ static void wsum_chunk(void *arg, int ith, int64_t ch)
 
 /* EMoE layers (unweighted gating) with f32 down weights: each token's
  * selected experts' down projections and their weighted sum in one double
- * accumulation per output, rounded once. The dense f32 dot over n_ff is a
- * double sum too when n_ff is no multiple of 16, so with K = N the
- * converted layer gives the dense layer's bits instead of one float
- * rounding per expert piece. */
+ * accumulation per output (quant_dot_f32_wide), rounded once. The dense f32
+ * dot over n_ff is that double sum too when n_ff is no multiple of 16, so
+ * with K = N the converted layer gives the dense layer's bits instead of
+ * one float rounding per expert piece. */
 typedef struct {
     rows_part part;
     moe_ctx *c;
     const mtensor *wd;
 } down_exact_job;
-
-static double dot_f32_double(const float *w, const float *h, int64_t n)
-{
-    double s = 0.0;
-    for (int64_t k = 0; k < n; k++)
-        s += (double)w[k] * h[k];
-    return s;
-}
 
 static void down_exact_chunk(void *arg, int ith, int64_t ch)
 {
@@ -805,7 +797,7 @@ static void down_exact_chunk(void *arg, int ith, int64_t ch)
                 const float *w = (const float *)((const char *)wd->data +
                                                   (size_t)(e * n_embd + i) * wd->row_bytes);
                 const float *h = c->hb + (size_t)c->slot_of[t * ns + j] * (size_t)nf;
-                s += (double)c->sel_w[t * ns + j] * dot_f32_double(w, h, nf);
+                s += (double)c->sel_w[t * ns + j] * quant_dot_f32_wide(nf, w, h);
             }
             o[i] = (float)s;
         }

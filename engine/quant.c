@@ -803,10 +803,20 @@ static float dot_f32(int64_t n, const float *w, const float *a)
                 acc[l] = fmaf(w[i + l], a[i + l], acc[l]);
         return hsum16(acc);
     }
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
+    return (float)quant_ref_dot_f32_wide(n, w, a);
+}
+
+double quant_ref_dot_f32_wide(int64_t n, const float *w, const float *a)
+{
+    double l[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            l[k] += (double)w[i + k] * a[i + k];
+    double s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    for (; i < n; i++)
         s += (double)w[i] * a[i];
-    return (float)s;
+    return s;
 }
 
 /* f16 / bf16. The reference multiplies these weights in two ways, and the
@@ -1201,6 +1211,14 @@ float quant_vec_dot(moe_type t, int64_t n, const void *w, const void *act)
     if (k && k->dot[t])
         return k->dot[t](n, w, act);
     return quant_ref_dot(t, n, w, act);
+}
+
+double quant_dot_f32_wide(int64_t n, const float *w, const float *a)
+{
+    const quant_kernels *k = kern();
+    if (k && k->dot_f32_wide)
+        return k->dot_f32_wide(n, w, a);
+    return quant_ref_dot_f32_wide(n, w, a);
 }
 
 void quant_quantize_row(moe_type t, const float *src, void *dst, int64_t n)

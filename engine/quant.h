@@ -59,6 +59,13 @@ void quant_quantize_row(moe_type t, const float *src, void *dst, int64_t n);
  * converted to quant_vec_dot_type(t); n elements. Fast path when the CPU
  * has one, else the scalar reference. */
 float quant_vec_dot(moe_type t, int64_t n, const void *w, const void *act);
+/* f32 dot summed in double, not rounded: products (exact in double) go to
+ * 8 double lanes, lane l taking elements i with i % 8 == l of the first
+ * n - n % 8, combined as ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), then
+ * the tail in order. The f32 dot of rows of n % 16 != 0 is this value
+ * rounded to float; EMoE sums expert pieces with it. Same bits on every
+ * kernel set. */
+double quant_dot_f32_wide(int64_t n, const float *w, const float *a);
 /* Always the scalar reference (for tests and as the fallback). */
 float quant_vec_dot_ref(moe_type t, int64_t n, const void *w, const void *act);
 

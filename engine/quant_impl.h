@@ -183,6 +183,8 @@ typedef struct {
     quant_dot_fn dot_expert[MOE_TYPE_COUNT];
     quant_quantize_fn quantize[MOE_TYPE_COUNT];
     quant_gemm_fn gemm[MOE_TYPE_COUNT]; /* NULL: the dot/dot4 loop of quant.c */
+    /* quant_dot_f32_wide (NULL: the scalar one) */
+    double (*dot_f32_wide)(int64_t n, const float *w, const float *a);
 } quant_kernels;
 
 /* Fill in the fast kernels of the set named want ("avx512-vnni", "avx2"),
@@ -195,6 +197,9 @@ bool quant_x86_fill(quant_kernels *ks, const char *want);
  * set named want ("scalar", "avx2", "avx512-vnni"; NULL = best). Returns
  * false if this CPU cannot run it. */
 bool quant_kernels_select(const char *want);
+
+/* The scalar quant_dot_f32_wide. */
+double quant_ref_dot_f32_wide(int64_t n, const float *w, const float *a);
 
 /* Scalar reference entry points used by the fast paths for odd tails. */
 float quant_ref_dot(moe_type t, int64_t n, const void *w, const void *act);

@@ -230,13 +230,34 @@ QX_FLOAT_STEP(f16, ld_f16)
 QX_DRIVER(f32, void, void, 8)
 QX_DRIVER(f16, void, void, 8)
 
-/* f32 rows of n % 16 != 0 elements take the scalar reference whole (its
- * double sum): the fast path is then bit-identical for every n, and a row
- * split into pieces (EMoE experts summed in double) can reproduce it */
+/* quant_dot_f32_wide: two vectors of 4 double lanes (elements i..i+3 and
+ * i+4..i+7 of each step of 8); a product of two floats is exact in double,
+ * so the FMA is the scalar "l += (double)w * a" */
+static QX_TARGET double QX(dot_f32_wide)(int64_t n, const float *w, const float *a)
+{
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        lo = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(w + i)),
+                             _mm256_cvtps_pd(_mm_loadu_ps(a + i)), lo);
+        hi = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(w + i + 4)),
+                             _mm256_cvtps_pd(_mm_loadu_ps(a + i + 4)), hi);
+    }
+    __m256d h = _mm256_add_pd(lo, hi); /* lanes l + l+4 */
+    __m128d p = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    double s = _mm_cvtsd_f64(p) + _mm_cvtsd_f64(_mm_unpackhi_pd(p, p));
+    for (; i < n; i++)
+        s += (double)w[i] * a[i];
+    return s;
+}
+
+/* f32 rows of n % 16 != 0 elements: the wide dot rounded once, like the
+ * scalar reference, so a row split into pieces (EMoE experts summed in
+ * double) reproduces it */
 static QX_TARGET float QX(dotf_f32)(int64_t n, const void *w, const void *a)
 {
     if (n % 16)
-        return quant_ref_dot(MOE_TYPE_F32, n, w, a);
+        return (float)QX(dot_f32_wide)(n, w, a);
     return QX(f32_dot)(n, w, a);
 }
 
@@ -245,7 +266,7 @@ static QX_TARGET void QX(dotf4_f32)(int64_t n, const void *w, const void *const 
 {
     if (n % 16) {
         for (int k = 0; k < 4; k++)
-            out[k] = quant_ref_dot(MOE_TYPE_F32, n, w, a[k]);
+            out[k] = (float)QX(dot_f32_wide)(n, w, a[k]);
         return;
     }
     QX(f32_dot4)(n, w, a, out);
@@ -1176,6 +1197,7 @@ static void QX(fill)(quant_kernels *ks)
 {
     ks->name = QX_PASS == 2 ? "avx512-vnni" : "avx2";
     ks->dot[MOE_TYPE_F32] = QX(dotf_f32);
+    ks->dot_f32_wide = QX(dot_f32_wide);
     ks->dot[MOE_TYPE_F16] = QX(dotf_f16);
     ks->dot[MOE_TYPE_BF16] = QX(dotf_bf16);
     ks->dot4[MOE_TYPE_F32] = QX(dotf4_f32);
