@@ -462,6 +462,29 @@ static int64_t att_n_chunks(const model_hparams *hp, int32_t n)
     return (int64_t)((n + tb - 1) / tb) * hp->n_head_kv * n_hsub;
 }
 
+/* what both attention chunk kernels derive from the job: head geometry,
+ * score scale and this layer's K and V caches */
+typedef struct {
+    int32_t hd, n_head, group;
+    size_t n_kv, n_q;
+    float scale;
+    const float *kc, *vc;
+} att_geom;
+
+static void att_geom_init(const attn_job *job, att_geom *ag)
+{
+    const moe_ctx *c = job->c;
+    const model_hparams *hp = &c->model->hp;
+    ag->hd = hp->n_embd_head;
+    ag->n_head = hp->n_head;
+    ag->group = hp->n_head / hp->n_head_kv;
+    ag->n_kv = (size_t)hp->n_head_kv * (size_t)ag->hd;
+    ag->n_q = (size_t)ag->n_head * (size_t)ag->hd;
+    ag->scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)ag->hd);
+    ag->kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
+    ag->vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
+}
+
 /* One chunk = tb consecutive tokens x hl heads of one kv group, one
  * (token, head) row per lane; the last token blocks (the most positions)
  * come first. */
@@ -470,13 +493,11 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     const attn_job *job = arg;
     moe_ctx *c = job->c;
     const model_hparams *hp = &c->model->hp;
-    const int32_t hd = hp->n_embd_head, n_head = hp->n_head;
-    const int32_t group = hp->n_head / hp->n_head_kv;
-    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
-    const size_t n_q = (size_t)n_head * (size_t)hd;
-    const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
-    const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
-    const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    att_geom ag;
+    att_geom_init(job, &ag);
+    const int32_t hd = ag.hd, group = ag.group;
+    const size_t n_kv = ag.n_kv, n_q = ag.n_q;
+    const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
     int32_t hl, n_hsub, tb;
     att_lanes(group, &hl, &n_hsub, &tb);
     const int32_t per_block = hp->n_head_kv * n_hsub;
@@ -555,14 +576,11 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
 {
     const attn_job *job = arg;
     moe_ctx *c = job->c;
-    const model_hparams *hp = &c->model->hp;
-    const int32_t hd = hp->n_embd_head, n_head = hp->n_head;
-    const int32_t group = hp->n_head / hp->n_head_kv;
-    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
-    const size_t n_q = (size_t)n_head * (size_t)hd;
-    const float scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)hd);
-    const float *kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
-    const float *vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * n_kv;
+    att_geom ag;
+    att_geom_init(job, &ag);
+    const int32_t hd = ag.hd, n_head = ag.n_head, group = ag.group;
+    const size_t n_kv = ag.n_kv, n_q = ag.n_q;
+    const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
     (void)ith;
     {
         const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
