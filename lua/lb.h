@@ -57,6 +57,9 @@ void lb_host_register(lua_State *L, int mod);
 
 /* Push nil and "status: detail"; returns 2. */
 int lb_fail(lua_State *L, moe_status st);
+/* The result of a call that only succeeds or fails: true (returns 1) for
+ * MOE_OK, else lb_fail. */
+int lb_done(lua_State *L, moe_status st);
 /* Set a metatable's common fields (__name, __index = itself, __metatable
  * guard) after luaL_newmetatable and luaL_setfuncs. */
 void lb_finish_metatable(lua_State *L, const char *name);

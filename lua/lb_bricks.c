@@ -178,10 +178,7 @@ static int32_t *lb_ids_arg(lua_State *L, int idx, int32_t *n)
 
 static int lb_bricks_result(lua_State *L, moe_status st)
 {
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 /* b:merge(layer, {experts} [, {weights}]) -> true | nil, msg */

@@ -639,10 +639,7 @@ static int lb_ctx_restore(lua_State *L)
 {
     moe_ctx *ctx = lb_ctx_of(L, 1);
     moe_status st = moe_ctx_restore(ctx, lb_check_snapshot(L, 2));
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 static int lb_snapshot_pos(lua_State *L)
@@ -785,10 +782,7 @@ static int lb_ctx_trace(lua_State *L)
         p.on = lua_toboolean(L, 2);
     }
     st = moe_ctx_set_trace(ctx, &p);
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 static int lb_ctx_trace_count(lua_State *L)
@@ -825,10 +819,7 @@ static int lb_ctx_trace_clear(lua_State *L)
 
 static int lb_status_result(lua_State *L, moe_status st)
 {
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 static int lb_ctx_route_reset(lua_State *L)

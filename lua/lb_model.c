@@ -26,6 +26,14 @@ int lb_fail(lua_State *L, moe_status st)
     return 2;
 }
 
+int lb_done(lua_State *L, moe_status st)
+{
+    if (st != MOE_OK)
+        return lb_fail(L, st);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void lb_finish_metatable(lua_State *L, const char *name)
 {
     lua_pushvalue(L, -1);

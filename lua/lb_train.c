@@ -72,10 +72,7 @@ static int lb_trainer_set_params(lua_State *L)
     p.w_mi = lb_tfield(L, 2, "w_mi", p.w_mi);
     p.n_threads = (int)lb_tfield(L, 2, "threads", (float)p.n_threads);
     st = moe_trainer_set_params(t, &p);
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 /* t:trainable(spec) -> true | nil, msg */
@@ -83,10 +80,7 @@ static int lb_trainer_trainable(lua_State *L)
 {
     moe_trainer *t = lb_check_trainer(L, 1);
     moe_status st = moe_trainer_set_trainable(t, luaL_optstring(L, 2, "all"));
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 /* t:n_params([trainable_only]) -> count */
@@ -215,10 +209,7 @@ static int lb_trainer_grow(lua_State *L)
     moe_status st = moe_trainer_grow(t, (int32_t)luaL_checkinteger(L, 2),
                                      (float)luaL_optnumber(L, 3, 0.01),
                                      (uint64_t)luaL_optinteger(L, 4, 1));
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 /* t:save(path [, type = 'f32'|'f16'|'q8_0' [, with_optimizer = false]]) */
@@ -230,10 +221,7 @@ static int lb_trainer_save(lua_State *L)
     const char *path = luaL_checkstring(L, 2);
     const int ty = luaL_checkoption(L, 3, "f32", types);
     moe_status st = moe_trainer_save(t, path, ids[ty], lua_toboolean(L, 4));
-    if (st != MOE_OK)
-        return lb_fail(L, st);
-    lua_pushboolean(L, 1);
-    return 1;
+    return lb_done(L, st);
 }
 
 static int lb_trainer_steps(lua_State *L)
