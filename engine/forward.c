@@ -288,38 +288,31 @@ static inline float silu(float x)
 
 /* ---- attention --------------------------------------------------------- */
 
-/* o[d] = fma(v[d], w, o[d]): one rounding per element, as the reference's
- * vector kernels do. Built for FMA hardware where the compiler can (the
- * plain fmaf fallback is a libm call). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("fma", "default")))
-#endif
-#endif
-static void vec_fma(float *o, const float *v, float w, int32_t n)
-{
-    for (int32_t d = 0; d < n; d++)
-        o[d] = fmaf(v[d], w, o[d]);
-}
-
 /* Attention of query rows, in the reference runtime's order (its
- * flash-attention kernel, one pass with an online softmax): for each cached
- * position p, s = (k.q summed in order, plain float multiply-adds) * scale;
- * when s raises the running max m the accumulator and the running sum are
- * scaled by expf(m_old - s) and p gets weight 1, else p gets expf(s - m);
- * o += weight * v with fused multiply-adds; finally o *= 1 / sum. Matching
- * this order matters for quantized models: the attention output is
- * re-quantized, so 1-ulp differences flip roundings downstream.
+ * non-fused path: a score matrix, a softmax, a weighted sum of values).
+ * Matching it bit for bit matters for 8- and 16-bit activations: the
+ * attention output is re-rounded before the output projection, so 1-ulp
+ * differences flip roundings downstream. Per query row (a token and a
+ * head):
+ *   scores  s_p = (k_p . q summed in order, multiplies and adds unfused)
+ *           * scale, for every position p the row sees;
+ *   softmax m = max s_p; e_p = att_vexp(s_p - m) in blocks of 16
+ *           positions (the last block padded with zeros); sum = the
+ *           blocks' hsum16 added in double; w_p = e_p * (float)(1 / sum);
+ *   values  o[d] = 16 chains of fma(w_p, v_p[d], .) in position order,
+ *           position p in chain p % 16; then hsum16 of the chains.
+ * hsum16(c) = hsum8(c[l] + c[l + 8]), hsum8(h) = ((h0 + h4) + (h2 + h6)) +
+ * ((h1 + h5) + (h3 + h7)).
  *
  * The scores come first, for ATT_TB query rows x ATT_PB positions at a
  * time: one vector lane per query row (a token and a head of one kv
- * group; see attn_chunk), ATT_PU positions in flight, so the
- * in-order sum of every (row, position) pair is its own lane of its own
- * accumulator and stays exactly the scalar chain above (multiplies and
- * adds unfused: FP contraction is off for that kernel). The online softmax
- * then walks each row's scores in position order, as before. */
+ * group; see attn_chunk), ATT_PU positions in flight, so the in-order
+ * sum of every (row, position) pair is its own lane of its own
+ * accumulator and stays exactly the scalar chain above (FP contraction is
+ * off for that kernel). Each row's scores then go to its own scratch row
+ * for the softmax and the weighted sum. */
 
-#define ATT_TB 8   /* query rows per chunk = vector lanes */
+#define ATT_TB MOE_ATT_LANES /* query rows per chunk = vector lanes */
 #define ATT_PB 128 /* positions per score block */
 #define ATT_PU 8   /* positions per step of the score kernel */
 #define ATT_MAX_HD 256 /* wider heads take attn_chunk_row */
@@ -366,76 +359,164 @@ static void attn_scores(float *sc, const float *qt, const float *k, size_t k_str
         out[j] = a * scale;
     }
 }
+
+/* one row's score against np positions, the scalar form of attn_scores */
+static void attn_scores_row(float *sc, const float *q, const float *k, size_t k_stride,
+                            int32_t np, int32_t hd, float scale)
+{
+    for (int32_t j = 0; j < np; j++) {
+        const float *kj = k + (size_t)j * k_stride;
+        float s = 0.0f;
+        for (int32_t d = 0; d < hd; d++) {
+            float prod = kj[d] * q[d];
+            s = s + prod;
+        }
+        sc[j] = s * scale;
+    }
+}
 #pragma GCC pop_options
 
-/* o[d] for d < hd through np positions j in order: o *= wm[j] when wm[j]
- * is not 1 (the running max rose), then o = fma(v_j, wv[j], o), one
- * rounding each, as vec_fma. Elements are independent, so the loop runs
- * element block by element block, each through all positions. */
-static void attn_accum_ref(float *o, const float *v, size_t v_stride, const float *wm,
-                           const float *wv, int32_t np, int32_t hd)
+static inline float att_hsum16(const float c[16])
+{
+    float h[8];
+    for (int l = 0; l < 8; l++)
+        h[l] = c[l] + c[l + 8];
+    return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
+}
+
+/* 2^e as a float, for -126 <= e <= 127 */
+static inline float att_pow2(int e)
+{
+    uint32_t b = (uint32_t)(e + 127) << 23;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+/* x * 2^e rounded once (as ldexpf), for |e| <= 192 and x near 1 */
+static inline float att_scale2(float x, int e)
+{
+    if (e < -126)
+        return (x * att_pow2(e + 100)) * att_pow2(-100);
+    if (e > 127)
+        return (x * att_pow2(e - 100)) * att_pow2(100);
+    return x * att_pow2(e);
+}
+
+/* e^x as the reference's 16-wide vector exponential computes it, step by
+ * step (so the weights carry its roundings): n = round(x / ln2) by the
+ * 1.5 * 2^23 shift; b = x - n ln2 with ln2 in a high and a low part;
+ * j = 1 + b + ... as a degree-5 polynomial with Horner pairs in b and b^2;
+ * the result j * 2^n; for |n| > 192, 0 (x < 0) or infinity. The
+ * coefficients are the published minimax ones for this scheme (about 1.5
+ * ulp). */
+static inline float att_vexp(float x)
+{
+    const float shift = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, shift);
+    const float n = z - shift;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192.0f)
+        return n <= 0.0f ? 0.0f : INFINITY;
+    return att_scale2(j, (int)n);
+}
+
+/* Scores in w[0..n) to softmax weights, as described above. n > 0. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("fma", "default")))
+#endif
+#endif
+static void att_softmax(float *w, int32_t n)
+{
+    float mx = -INFINITY;
+    double sum = 0.0;
+    for (int32_t p = 0; p < n; p++)
+        mx = w[p] > mx ? w[p] : mx;
+    for (int32_t p = 0; p < n; p += 16) {
+        float e[16];
+        for (int l = 0; l < 16; l++)
+            e[l] = p + l < n ? att_vexp(w[p + l] - mx) : 0.0f;
+        for (int l = 0; l < 16 && p + l < n; l++)
+            w[p + l] = e[l];
+        sum += (double)att_hsum16(e);
+    }
+    {
+        const float inv = (float)(1.0 / sum);
+        for (int32_t p = 0; p < n; p++)
+            w[p] *= inv;
+    }
+}
+
+/* o[d] = sum over p < n of w[p] * v_p[d] (v_p at v + p * v_stride), in
+ * 16 chains as described above: chain l takes the positions p = l, l + 16,
+ * ... in order; o[d] = hsum16 of the chains. */
+static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stride, int32_t n,
+                         int32_t hd)
 {
     for (int32_t d = 0; d < hd; d++) {
-        float a = o[d];
-        for (int32_t j = 0; j < np; j++) {
-            if (wm[j] != 1.0f)
-                a *= wm[j];
-            a = fmaf(v[(size_t)j * v_stride + (size_t)d], wv[j], a);
+        float ch[16];
+        for (int l = 0; l < 16; l++) {
+            float a = 0.0f;
+            for (int32_t p = l; p < n; p += 16)
+                a = fmaf(w[p], v[(size_t)p * v_stride + (size_t)d], a);
+            ch[l] = a;
         }
-        o[d] = a;
+        o[d] = att_hsum16(ch);
     }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define ATT_ACCUM_X86 1
-__attribute__((target("avx2,fma")))
-static void attn_accum_fma(float *o, const float *v, size_t v_stride, const float *wm,
-                           const float *wv, int32_t np, int32_t hd)
+#define ATT_WSUM_X86 1
+/* the same, 8 dims at a time: the 16 chains in 16 registers, advanced
+ * together block of 16 positions by block; their sums in hsum16's order,
+ * lane-wise */
+__attribute__((target("avx2,fma"))) static void att_wsum_fma(float *o, const float *w,
+                                                             const float *v, size_t v_stride,
+                                                             int32_t n, int32_t hd)
 {
     int32_t d = 0;
-    for (; d + 64 <= hd; d += 64) { /* eight independent chains */
-        __m256 a[8];
-        for (int u = 0; u < 8; u++)
-            a[u] = _mm256_loadu_ps(o + d + 8 * u);
-        for (int32_t j = 0; j < np; j++) {
-            const float *vj = v + (size_t)j * v_stride + (size_t)d;
-            const __m256 w = _mm256_set1_ps(wv[j]);
-            if (wm[j] != 1.0f) {
-                const __m256 s = _mm256_set1_ps(wm[j]);
-                for (int u = 0; u < 8; u++)
-                    a[u] = _mm256_mul_ps(a[u], s);
-            }
-            for (int u = 0; u < 8; u++)
-                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(vj + 8 * u), w, a[u]);
-        }
-        for (int u = 0; u < 8; u++)
-            _mm256_storeu_ps(o + d + 8 * u, a[u]);
-    }
     for (; d + 8 <= hd; d += 8) {
-        __m256 a = _mm256_loadu_ps(o + d);
-        for (int32_t j = 0; j < np; j++) {
-            if (wm[j] != 1.0f)
-                a = _mm256_mul_ps(a, _mm256_set1_ps(wm[j]));
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(v + (size_t)j * v_stride + (size_t)d),
-                                _mm256_set1_ps(wv[j]), a);
+        __m256 ch[16], h[8];
+        int32_t p0 = 0;
+        for (int l = 0; l < 16; l++)
+            ch[l] = _mm256_setzero_ps();
+        for (; p0 + 16 <= n; p0 += 16) {
+            const float *vp = v + (size_t)p0 * v_stride + (size_t)d;
+            for (int l = 0; l < 16; l++)
+                ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[p0 + l]),
+                                        _mm256_loadu_ps(vp + (size_t)l * v_stride), ch[l]);
         }
-        _mm256_storeu_ps(o + d, a);
+        for (int l = 0; l < n - p0; l++)
+            ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[p0 + l]),
+                                    _mm256_loadu_ps(v + (size_t)(p0 + l) * v_stride + (size_t)d),
+                                    ch[l]);
+        for (int l = 0; l < 8; l++)
+            h[l] = _mm256_add_ps(ch[l], ch[l + 8]);
+        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(h[0], h[4]),
+                                                            _mm256_add_ps(h[2], h[6])),
+                                              _mm256_add_ps(_mm256_add_ps(h[1], h[5]),
+                                                            _mm256_add_ps(h[3], h[7]))));
     }
     if (d < hd)
-        attn_accum_ref(o + d, v + d, v_stride, wm, wv, np, hd - d);
+        att_wsum_ref(o + d, w, v + d, v_stride, n, hd - d);
 }
 #endif
 
-static void attn_accum(float *o, const float *v, size_t v_stride, const float *wm,
-                       const float *wv, int32_t np, int32_t hd)
+static void att_wsum(float *o, const float *w, const float *v, size_t v_stride, int32_t n,
+                     int32_t hd)
 {
-#ifdef ATT_ACCUM_X86
+#ifdef ATT_WSUM_X86
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        attn_accum_fma(o, v, v_stride, wm, wv, np, hd);
+        att_wsum_fma(o, w, v, v_stride, n, hd);
         return;
     }
 #endif
-    attn_accum_ref(o, v, v_stride, wm, wv, np, hd);
+    att_wsum_ref(o, w, v, v_stride, n, hd);
 }
 
 typedef struct {
@@ -462,6 +543,12 @@ static int64_t att_n_chunks(const model_hparams *hp, int32_t n)
     return (int64_t)((n + tb - 1) / tb) * hp->n_head_kv * n_hsub;
 }
 
+/* floats per scratch row of scores: every position of the context */
+static size_t att_sc_stride(const moe_ctx *c)
+{
+    return (size_t)c->n_ctx;
+}
+
 /* what both attention chunk kernels derive from the job: head geometry,
  * score scale and this layer's K and V caches */
 typedef struct {
@@ -485,6 +572,13 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
     ag->vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
 }
 
+/* this thread's scratch rows of scores, one per lane (ATT_TB rows of
+ * att_sc_stride floats; see moe_ctx.att_scores) */
+static float *att_scratch(const moe_ctx *c, int ith)
+{
+    return c->att_scores + (size_t)ith * ATT_TB * att_sc_stride(c);
+}
+
 /* One chunk = tb consecutive tokens x hl heads of one kv group, one
  * (token, head) row per lane; the last token blocks (the most positions)
  * come first. */
@@ -496,7 +590,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     att_geom ag;
     att_geom_init(job, &ag);
     const int32_t hd = ag.hd, group = ag.group;
-    const size_t n_kv = ag.n_kv, n_q = ag.n_q;
+    const size_t n_kv = ag.n_kv, n_q = ag.n_q, stride = att_sc_stride(c);
     const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
     int32_t hl, n_hsub, tb;
     att_lanes(group, &hl, &n_hsub, &tb);
@@ -508,11 +602,10 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     const size_t kv_off = (size_t)g * (size_t)hd;
     float qt[ATT_MAX_HD * ATT_TB] __attribute__((aligned(64)));
     float sc[ATT_PB * ATT_TB] __attribute__((aligned(64)));
-    float m[ATT_TB], s_sum[ATT_TB], wm[ATT_PB], wv[ATT_PB];
+    float *rows = att_scratch(c, ith);
     float *orow[ATT_TB];
     int32_t lim[ATT_TB]; /* positions lane i sees; 0 = unused lane */
     int32_t n_pos_max = 0;
-    (void)ith;
 
     for (int32_t i = 0; i < ATT_TB; i++) {
         const int32_t t = t0 + i / hl, hi = hs * hl + i % hl;
@@ -523,50 +616,23 @@ static void attn_chunk(void *arg, int ith, int64_t it)
         for (int32_t d = 0; d < hd; d++)
             qt[d * ATT_TB + i] = used ? c->q[(size_t)t * n_q + (size_t)h * (size_t)hd + (size_t)d]
                                       : 0.0f;
-        if (used) {
-            m[i] = -INFINITY;
-            s_sum[i] = 0.0f;
-            memset(orow[i], 0, (size_t)hd * sizeof(float));
-            if (lim[i] > n_pos_max)
-                n_pos_max = lim[i];
-        }
+        if (lim[i] > n_pos_max)
+            n_pos_max = lim[i];
     }
+    /* scores, block by block, into each lane's scratch row */
     for (int32_t pb = 0; pb < n_pos_max; pb += ATT_PB) {
         const int32_t np = n_pos_max - pb < ATT_PB ? n_pos_max - pb : ATT_PB;
         attn_scores(sc, qt, kc + (size_t)pb * n_kv + kv_off, n_kv, np, hd, scale);
-        for (int32_t i = 0; i < ATT_TB; i++) {
-            const int32_t pe = lim[i] - pb < np ? lim[i] - pb : np; /* positions seen here */
-            float mi, si;
-            if (pe <= 0)
-                continue;
-            mi = m[i];
-            si = s_sum[i];
-            for (int32_t j = 0; j < pe; j++) { /* the weights, in order */
-                const float s = sc[j * ATT_TB + i];
-                float ms = 1.0f, vs = 1.0f;
-                if (s > mi) {
-                    ms = expf(mi - s);
-                    mi = s;
-                } else {
-                    vs = expf(s - mi);
-                }
-                si = si * ms + vs;
-                wm[j] = ms;
-                wv[j] = vs;
-            }
-            attn_accum(orow[i], vc + (size_t)pb * n_kv + kv_off, n_kv, wm, wv, pe, hd);
-            m[i] = mi;
-            s_sum[i] = si;
-        }
+        for (int32_t i = 0; i < ATT_TB; i++)
+            for (int32_t j = 0; j < np && pb + j < lim[i]; j++)
+                rows[(size_t)i * stride + (size_t)(pb + j)] = sc[j * ATT_TB + i];
     }
     for (int32_t i = 0; i < ATT_TB; i++) {
-        float *o = orow[i];
-        float inv;
-        if (!o)
+        float *w = rows + (size_t)i * stride;
+        if (!orow[i])
             continue;
-        inv = s_sum[i] == 0.0f ? 0.0f : 1.0f / s_sum[i];
-        for (int32_t d = 0; d < hd; d++)
-            o[d] *= inv;
+        att_softmax(w, lim[i]);
+        att_wsum(orow[i], w, vc + kv_off, n_kv, lim[i], hd);
     }
 }
 
@@ -580,40 +646,16 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
     att_geom_init(job, &ag);
     const int32_t hd = ag.hd, n_head = ag.n_head, group = ag.group;
     const size_t n_kv = ag.n_kv, n_q = ag.n_q;
-    const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
-    (void)ith;
-    {
-        const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
-        const int32_t g = h / group;
-        const int32_t n_pos = job->pos0 + t + 1;
-        const float *q = c->q + (size_t)t * n_q + (size_t)h * (size_t)hd;
-        float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
-        float m = -INFINITY, s_sum = 0.0f;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t p = 0; p < n_pos; p++) {
-            const float *k = kc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
-            const float *v = vc + (size_t)p * n_kv + (size_t)g * (size_t)hd;
-            float s = 0.0f, ms = 1.0f, vs = 1.0f;
-            for (int32_t d = 0; d < hd; d++)
-                s += k[d] * q[d];
-            s *= scale;
-            if (s > m) {
-                ms = expf(m - s);
-                m = s;
-                for (int32_t d = 0; d < hd; d++)
-                    o[d] *= ms;
-            } else {
-                vs = expf(s - m);
-            }
-            vec_fma(o, v, vs, hd);
-            s_sum = s_sum * ms + vs;
-        }
-        {
-            const float inv = s_sum == 0.0f ? 0.0f : 1.0f / s_sum;
-            for (int32_t d = 0; d < hd; d++)
-                o[d] *= inv;
-        }
-    }
+    const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
+    const size_t kv_off = (size_t)(h / group) * (size_t)hd;
+    const int32_t n_pos = job->pos0 + t + 1;
+    float *w = att_scratch(c, ith);
+
+    attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off, n_kv,
+                    n_pos, hd, ag.scale);
+    att_softmax(w, n_pos);
+    att_wsum(c->att + (size_t)t * n_q + (size_t)h * (size_t)hd, w, ag.vc + kv_off, n_kv, n_pos,
+             hd);
 }
 
 /* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x

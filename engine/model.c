@@ -653,7 +653,7 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     c->k = xcalloc(nb * n_kv, sizeof(float), &ok);
     c->v = xcalloc(nb * n_kv, sizeof(float), &ok);
     c->att = xcalloc(nb * n_q, sizeof(float), &ok);
-    c->att_scores = xcalloc((size_t)n_threads * (size_t)p.n_ctx, sizeof(float), &ok);
+    c->att_scores = xcalloc((size_t)n_threads * MOE_ATT_LANES * (size_t)p.n_ctx, sizeof(float), &ok);
     c->ffn_out = xcalloc(nb * (size_t)hp->n_embd, sizeof(float), &ok);
     c->hb = xcalloc(nb * n_hidden, sizeof(float), &ok);
     c->hb2 = xcalloc(nb * n_hidden, sizeof(float), &ok);

@@ -125,6 +125,9 @@ void model_route(const model_hparams *hp, const float *logits, float *probs,
                  int32_t *sel, float *weight);
 
 /* Run state */
+/* query rows per attention chunk: one vector lane each (forward.c) */
+#define MOE_ATT_LANES 8
+
 struct moe_ctx {
     moe_model *model;
     tp_pool *pool;
@@ -141,7 +144,7 @@ struct moe_ctx {
     float *k;             /* [n_batch][n_embd_kv] */
     float *v;             /* [n_batch][n_embd_kv] */
     float *att;           /* [n_batch][n_head*hd] attention output */
-    float *att_scores;    /* [n_threads][n_ctx] */
+    float *att_scores;    /* [n_threads][MOE_ATT_LANES][n_ctx] attention scratch */
     float *ffn_out;       /* [n_batch][n_embd] */
     float *hb;            /* [n_batch][max(n_ff, n_sel*n_ff_exp, n_ff_shexp)] */
     float *hb2;           /* same */
