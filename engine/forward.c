@@ -301,8 +301,7 @@ static inline float silu(float x)
  *           blocks' hsum16 added in double; w_p = e_p * (float)(1 / sum);
  *   values  o[d] = 16 chains of fma(w_p, v_p[d], .) in position order,
  *           position p in chain p % 16; then hsum16 of the chains.
- * hsum16(c) = hsum8(c[l] + c[l + 8]), hsum8(h) = ((h0 + h4) + (h2 + h6)) +
- * ((h1 + h5) + (h3 + h7)).
+ * hsum16 is quant_hsum16 (quant.h).
  *
  * The scores come first, for ATT_TB query rows x ATT_PB positions at a
  * time: one vector lane per query row (a token and a head of one kv
@@ -376,14 +375,6 @@ static void attn_scores_row(float *sc, const float *q, const float *k, size_t k_
 }
 #pragma GCC pop_options
 
-static inline float att_hsum16(const float c[16])
-{
-    float h[8];
-    for (int l = 0; l < 8; l++)
-        h[l] = c[l] + c[l + 8];
-    return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
-}
-
 /* 2^e as a float, for -126 <= e <= 127 */
 static inline float att_pow2(int e)
 {
@@ -443,7 +434,7 @@ static void att_softmax(float *w, int32_t n)
             e[l] = p + l < n ? att_vexp(w[p + l] - mx) : 0.0f;
         for (int l = 0; l < 16 && p + l < n; l++)
             w[p + l] = e[l];
-        sum += (double)att_hsum16(e);
+        sum += (double)quant_hsum16(e);
     }
     {
         const float inv = (float)(1.0 / sum);
@@ -466,7 +457,7 @@ static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stri
                 a = fmaf(w[p], v[(size_t)p * v_stride + (size_t)d], a);
             ch[l] = a;
         }
-        o[d] = att_hsum16(ch);
+        o[d] = quant_hsum16(ch);
     }
 }
 

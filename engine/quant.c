@@ -778,20 +778,20 @@ static void quantize_ref(moe_type t, const float *src, void *dst, int64_t n)
  *          dmin_w*d_a, accm); result acc - accm.
  *   f32:   16 lanes, one accumulator, fma, tree sum (n % 16 == 0).
  *   f16/bf16: see dot_f16 below (dense and expert orders differ).
- *   hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
+ *   quant_hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
 
-static float hsum8(const float v[8])
+float quant_hsum8(const float v[8])
 {
     float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
     return (a0 + a2) + (a1 + a3);
 }
 
-static float hsum16(const float v[16])
+float quant_hsum16(const float v[16])
 {
     float h[8];
     for (int l = 0; l < 8; l++)
         h[l] = v[l] + v[l + 8];
-    return hsum8(h);
+    return quant_hsum8(h);
 }
 
 static float dot_f32(int64_t n, const float *w, const float *a)
@@ -801,7 +801,7 @@ static float dot_f32(int64_t n, const float *w, const float *a)
         for (int64_t i = 0; i < n; i += 16)
             for (int l = 0; l < 16; l++)
                 acc[l] = fmaf(w[i + l], a[i + l], acc[l]);
-        return hsum16(acc);
+        return quant_hsum16(acc);
     }
     return (float)quant_ref_dot_f32_wide(n, w, a);
 }
@@ -835,8 +835,8 @@ double quant_ref_dot_f32_wide(int64_t n, const float *w, const float *a)
  *           in double as float products.
  *     bf16: 2 x 16 lanes of pairs over steps of 64 (the first 32 elements
  *           of a step to accumulator 0, the next 32 to accumulator 1,
- *           pairs as in the dense order); double(hsum16(acc0)) +
- *           double(hsum16(acc1)), the n % 64 leftovers as f16's. */
+ *           pairs as in the dense order); double(quant_hsum16(acc0)) +
+ *           double(quant_hsum16(acc1)), the n % 64 leftovers as f16's. */
 static inline float f16v(const uint16_t *p, int64_t i)
 {
     return F16(p[i]);
@@ -873,7 +873,7 @@ static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
     }
     for (int l = 0; l < 16; l++)
         acc[0][l] += acc[1][l];
-    double s = hsum16(acc[0]);
+    double s = quant_hsum16(acc[0]);
     for (; i < n; i++)
         s += (double)(f16v(w, i) * f16v(a, i));
     return (float)s;
@@ -887,8 +887,8 @@ static float dot_bf16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
         bf16_pairs16(acc[0], w, a, i);
         bf16_pairs16(acc[1], w, a, i + 32);
     }
-    double s = hsum16(acc[0]);
-    s += hsum16(acc[1]);
+    double s = quant_hsum16(acc[0]);
+    s += quant_hsum16(acc[1]);
     for (; i < n; i++)
         s += (double)(bf16v(w, i) * bf16v(a, i));
     return (float)s;
@@ -902,7 +902,7 @@ static float dot_f16(int64_t n, const uint16_t *w, const uint16_t *a)
     for (int64_t i = 0; i < n; i += 16)
         for (int l = 0; l < 16; l++)
             acc[l] = fmaf(f16v(w, i + l), f16v(a, i + l), acc[l]);
-    return hsum16(acc);
+    return quant_hsum16(acc);
 }
 
 static float dot_bf16(int64_t n, const uint16_t *w, const uint16_t *a)
@@ -912,7 +912,7 @@ static float dot_bf16(int64_t n, const uint16_t *w, const uint16_t *a)
     float acc[16] = {0};
     for (int64_t i = 0; i < n; i += 32)
         bf16_pairs16(acc, w, a, i);
-    return hsum16(acc);
+    return quant_hsum16(acc);
 }
 
 static float dot_q4_0(int64_t nb, const blk_q4_0 *w, const blk_q8_0 *a)
@@ -980,7 +980,7 @@ static float dot_q8_0(int64_t nb, const blk_q8_0 *w, const blk_q8_0 *a)
             acc[l] = fmaf(d, (float)lane, acc[l]);
         }
     }
-    return hsum8(acc);
+    return quant_hsum8(acc);
 }
 
 static float dot_q8_1(int64_t nb, const blk_q8_1 *w, const blk_q8_1 *a)
@@ -1087,7 +1087,7 @@ static float dot_q5_k(int64_t nb, const blk_q5_k *w, const blk_q8_k *a)
         for (int l = 0; l < 8; l++)
             acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    return hsum8(acc) + summs_f;
+    return quant_hsum8(acc) + summs_f;
 }
 
 static float dot_q6_k(int64_t nb, const blk_q6_k *w, const blk_q8_k *a)
@@ -1103,7 +1103,7 @@ static float dot_q6_k(int64_t nb, const blk_q6_k *w, const blk_q8_k *a)
         for (int l = 0; l < 8; l++)
             acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    return hsum8(acc);
+    return quant_hsum8(acc);
 }
 
 static float dot_q8_k(int64_t nb, const blk_q8_k *w, const blk_q8_k *a)

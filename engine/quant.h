@@ -96,4 +96,10 @@ uint16_t quant_f32_to_f16(float f);
 float quant_bf16_to_f32(uint16_t h);
 uint16_t quant_f32_to_bf16(float f);
 
+/* The reference runtime's horizontal sums of vector accumulators, in its
+ * order: quant_hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)),
+ * quant_hsum16(v) = quant_hsum8(v[l] + v[l + 8]). */
+float quant_hsum8(const float v[8]);
+float quant_hsum16(const float v[16]);
+
 #endif
