@@ -495,6 +495,33 @@ static int lb_ctx_generate(lua_State *L)
     return 3;
 }
 
+/* Reads the {keep = bool} option at stack index idx (absent = false) and,
+ * unless keep, empties ctx's cache. */
+static void lb_keep_or_reset(lua_State *L, int idx, moe_ctx *ctx)
+{
+    bool keep = false;
+    if (!lua_isnoneornil(L, idx)) {
+        luaL_checktype(L, idx, LUA_TTABLE);
+        lua_getfield(L, idx, "keep");
+        keep = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    if (!keep)
+        moe_ctx_truncate(ctx, 0);
+}
+
+/* log p(tok) under logits l: stored as per[i], counted in *n_greedy when
+ * tok is the argmax; returned */
+static double lb_score_token(lua_State *L, int per, lua_Integer i, const float *l, int32_t nv,
+                             int32_t tok, int32_t *n_greedy)
+{
+    double lp = (double)l[tok] - moe_logsumexp(l, nv);
+    *n_greedy += lb_argmax(l, nv) == tok;
+    lua_pushnumber(L, lp);
+    lua_rawseti(L, per, i);
+    return lp;
+}
+
 /* c:loglik(context, continuation [, {keep = false}]) ->
  *   total, n, per_token, n_greedy | nil, msg
  * Starts from an empty cache unless keep (then the context text may be ""
@@ -504,20 +531,12 @@ static int lb_ctx_loglik(lua_State *L)
     moe_ctx *ctx = lb_ctx_of(L, 1);
     const moe_model *model = moe_ctx_model(ctx);
     const int32_t nv = lb_n_vocab(ctx);
-    bool keep = false;
     int32_t n_c, n_x, n_greedy = 0;
     const int32_t *c_toks, *x_toks;
     double total = 0.0;
     int per;
     moe_status st;
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        lua_getfield(L, 4, "keep");
-        keep = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
-    if (!keep)
-        moe_ctx_truncate(ctx, 0);
+    lb_keep_or_reset(L, 4, ctx);
     if (lua_type(L, 2) == LUA_TSTRING && lua_type(L, 3) == LUA_TSTRING) {
         /* tokenize the joined text and split it where it stops matching the
          * context's own tokens, so a continuation is tokenized as the model
@@ -550,26 +569,15 @@ static int lb_ctx_loglik(lua_State *L)
         return luaL_error(L, "loglik needs a non-empty context to condition on");
     lua_createtable(L, n_x, 0);
     per = lua_gettop(L);
-    if (n_x > 0) {
-        const float *l = moe_ctx_logits(ctx, -1);
-        double lp = (double)l[x_toks[0]] - moe_logsumexp(l, nv);
-        n_greedy += lb_argmax(l, nv) == x_toks[0];
-        total += lp;
-        lua_pushnumber(L, lp);
-        lua_rawseti(L, per, 1);
-    }
+    if (n_x > 0)
+        total += lb_score_token(L, per, 1, moe_ctx_logits(ctx, -1), nv, x_toks[0], &n_greedy);
     if (n_x > 1) {
         st = moe_ctx_decode(ctx, x_toks, n_x - 1, true);
         if (st != MOE_OK)
             return lb_fail(L, st);
-        for (int32_t i = 1; i < n_x; i++) {
-            const float *l = moe_ctx_logits(ctx, i - 1);
-            double lp = (double)l[x_toks[i]] - moe_logsumexp(l, nv);
-            n_greedy += lb_argmax(l, nv) == x_toks[i];
-            total += lp;
-            lua_pushnumber(L, lp);
-            lua_rawseti(L, per, i + 1);
-        }
+        for (int32_t i = 1; i < n_x; i++)
+            total += lb_score_token(L, per, i + 1, moe_ctx_logits(ctx, i - 1), nv, x_toks[i],
+                                    &n_greedy);
     }
     lua_pushnumber(L, total);
     lua_pushinteger(L, n_x);
@@ -585,21 +593,13 @@ static int lb_ctx_embed(lua_State *L)
     const moe_model *model = moe_ctx_model(ctx);
     moe_model_info info;
     const lua_Integer layer = luaL_optinteger(L, 3, -1);
-    bool keep = false;
     int32_t n;
     const int32_t *toks;
     float *out;
     moe_status st;
     moe_model_get_info(model, &info);
     luaL_argcheck(L, layer >= -1 && layer < info.n_layer, 3, "layer out of range");
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        lua_getfield(L, 4, "keep");
-        keep = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
-    if (!keep)
-        moe_ctx_truncate(ctx, 0);
+    lb_keep_or_reset(L, 4, ctx);
     toks = lb_tokens_arg(L, 2, model, moe_ctx_pos(ctx) == 0, &n);
     if (n == 0)
         return luaL_error(L, "embed of an empty text");
