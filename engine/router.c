@@ -21,24 +21,36 @@
 
 /* ---- the model's own routing ------------------------------------------ */
 
+/* The softmax's last step as the reference runtime takes it for a row of
+ * a few experts: the exponentials summed in double, then each multiplied
+ * by the float reciprocal of that sum (not divided by a float sum; the
+ * two differ in the last bit often enough to move quantized activations
+ * downstream). */
+static void softmax_normalise(float *p, int32_t n)
+{
+    double tot = 0.0;
+    for (int32_t e = 0; e < n; e++)
+        tot += (double)p[e];
+    const float inv = (float)(1.0 / tot);
+    for (int32_t e = 0; e < n; e++)
+        p[e] *= inv;
+}
+
 void model_route(const model_hparams *hp, const float *logits, float *probs, int32_t *sel,
                  float *weight)
 {
     const int32_t ne = hp->n_expert, k = hp->n_expert_used;
-    float sum = 0.0f;
+    double sum = 0.0;
     if (hp->gate == GATE_SIGMOID) {
         for (int32_t e = 0; e < ne; e++)
             probs[e] = 1.0f / (1.0f + expf(-logits[e]));
     } else {
-        float mx = -INFINITY, tot = 0.0f;
+        float mx = -INFINITY;
         for (int32_t e = 0; e < ne; e++)
             mx = logits[e] > mx ? logits[e] : mx;
-        for (int32_t e = 0; e < ne; e++) {
-            probs[e] = expf(logits[e] - mx);
-            tot += probs[e];
-        }
         for (int32_t e = 0; e < ne; e++)
-            probs[e] /= tot;
+            probs[e] = expf(logits[e] - mx);
+        softmax_normalise(probs, ne);
     }
     /* top-k by probability, ties to the lower expert id */
     for (int32_t j = 0; j < k; j++) {
@@ -52,16 +64,16 @@ void model_route(const model_hparams *hp, const float *logits, float *probs, int
         }
         sel[j] = best;
         weight[j] = probs[best];
-        sum += probs[best];
+        sum += (double)probs[best];
     }
     if (hp->unweighted) {
         for (int32_t j = 0; j < k; j++)
             weight[j] = 1.0f;
         return;
     }
-    if (hp->norm_topk && sum > 0.0f)
+    if (hp->norm_topk && sum > 0.0)
         for (int32_t j = 0; j < k; j++)
-            weight[j] /= sum;
+            weight[j] /= (float)sum;
     for (int32_t j = 0; j < k; j++)
         weight[j] *= hp->expert_weights_scale;
 }
@@ -408,19 +420,19 @@ static float prob_of(const model_hparams *hp, float z, float mx)
 static void weigh(const model_hparams *hp, const float *probs, const float *scale,
                   const int32_t *sel, const float *mult, int32_t n, float *w)
 {
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int32_t j = 0; j < n; j++) {
         w[j] = probs[sel[j]] * mult[j];
-        sum += w[j];
+        sum += (double)w[j];
     }
     if (hp->unweighted) {
         for (int32_t j = 0; j < n; j++)
             w[j] = mult[j] * scale[sel[j]];
         return;
     }
-    if (hp->norm_topk && sum > 0.0f)
+    if (hp->norm_topk && sum > 0.0)
         for (int32_t j = 0; j < n; j++)
-            w[j] /= sum;
+            w[j] /= (float)sum;
     for (int32_t j = 0; j < n; j++)
         w[j] *= hp->expert_weights_scale * scale[sel[j]];
 }
@@ -438,7 +450,7 @@ static int32_t route_steered(route_lab *lab, const model_hparams *hp, int32_t il
     const float temp = lab->temp[il];
     int32_t k = lab->top_k[il] ? lab->top_k[il] : hp->n_expert_used;
     int32_t n_force = 0, n_ban = 0, n = 0;
-    float mx = -INFINITY, tot = 0.0f, *one = lab->mult;
+    float mx = -INFINITY, *one = lab->mult;
 
     /* probabilities of the tempered logits, same arithmetic as model_route */
     for (int32_t e = 0; e < ne; e++) {
@@ -450,11 +462,9 @@ static int32_t route_steered(route_lab *lab, const model_hparams *hp, int32_t il
     for (int32_t e = 0; e < ne; e++) {
         float z = temp == 1.0f ? logits[e] : logits[e] / temp;
         probs[e] = prob_of(hp, z, mx);
-        tot += probs[e];
     }
     if (hp->gate != GATE_SIGMOID)
-        for (int32_t e = 0; e < ne; e++)
-            probs[e] /= tot;
+        softmax_normalise(probs, ne);
 
     /* forced experts first, then the best free ones; banned never */
     if (k < n_force)

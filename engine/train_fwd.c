@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "router.h"
 #include "train_impl.h"
 #include "util.h"
 
@@ -381,40 +382,19 @@ void train_expert_fwd_bwd(moe_trainer *t, int32_t il, int32_t e, const float *x,
 }
 
 /* Router of one token: probabilities, top-k (ties to the lower id) and
- * weights, as model_route does for llama-family files. */
+ * weights, by model_route itself (a softmax-gated file's rule), so the
+ * trainer routes exactly as the engine will run the saved model. */
 static void route_token(const moe_trainer *t, int32_t X, const float *l, float *p, int32_t *sel,
                         float *w)
 {
-    const int32_t k = t->cfg.n_expert_used;
-    float mx = -INFINITY, tot = 0.0f, sum = 0.0f;
-    for (int32_t e = 0; e < X; e++)
-        mx = l[e] > mx ? l[e] : mx;
-    for (int32_t e = 0; e < X; e++) {
-        p[e] = expf(l[e] - mx);
-        tot += p[e];
-    }
-    for (int32_t e = 0; e < X; e++)
-        p[e] /= tot;
-    for (int32_t j = 0; j < k; j++) {
-        int32_t best = -1;
-        for (int32_t e = 0; e < X; e++) {
-            bool taken = false;
-            for (int32_t i = 0; i < j; i++)
-                taken |= sel[i] == e;
-            if (!taken && (best < 0 || p[e] > p[best]))
-                best = e;
-        }
-        sel[j] = best;
-        w[j] = p[best];
-        sum += p[best];
-    }
-    if (t->cfg.unweighted) {
-        for (int32_t j = 0; j < k; j++)
-            w[j] = 1.0f;
-    } else if (t->cfg.norm_topk && sum > 0.0f) {
-        for (int32_t j = 0; j < k; j++)
-            w[j] /= sum;
-    }
+    model_hparams hp = {0};
+    hp.n_expert = X;
+    hp.n_expert_used = t->cfg.n_expert_used;
+    hp.gate = GATE_SOFTMAX;
+    hp.norm_topk = t->cfg.norm_topk;
+    hp.unweighted = t->cfg.unweighted;
+    hp.expert_weights_scale = 1.0f;
+    model_route(&hp, l, p, sel, w);
 }
 
 static void moe_fwd(moe_trainer *t, int32_t il, int64_t N, bool count_routes)
