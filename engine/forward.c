@@ -416,13 +416,10 @@ static inline float att_vexp(float x)
     return att_scale2(j, (int)n);
 }
 
-/* Scores in w[0..n) to softmax weights, as described above. n > 0. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("fma", "default")))
-#endif
-#endif
-static void att_softmax(float *w, int32_t n)
+/* Scores in w[0..n) to softmax weights, as described above. n > 0. The
+ * body is compiled twice: plain (fmaf a library call on CPUs without FMA)
+ * and for FMA; both compute the same bits. */
+static inline __attribute__((always_inline)) void att_softmax_body(float *w, int32_t n)
 {
     float mx = -INFINITY;
     double sum = 0.0;
@@ -441,6 +438,11 @@ static void att_softmax(float *w, int32_t n)
         for (int32_t p = 0; p < n; p++)
             w[p] *= inv;
     }
+}
+
+static void att_softmax_ref(float *w, int32_t n)
+{
+    att_softmax_body(w, n);
 }
 
 /* o[d] = sum over p < n of w[p] * v_p[d] (v_p at v + p * v_stride), in
@@ -496,17 +498,49 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *o, const flo
     if (d < hd)
         att_wsum_ref(o + d, w, v + d, v_stride, n, hd - d);
 }
+
+
+__attribute__((target("avx2,fma"))) static void att_softmax_fma(float *w, int32_t n)
+{
+    att_softmax_body(w, n);
+}
 #endif
 
-static void att_wsum(float *o, const float *w, const float *v, size_t v_stride, int32_t n,
-                     int32_t hd)
+/* The FMA forms of the softmax and the weighted sum, or the plain ones
+ * when the CPU lacks FMA or the scalar kernels are forced (quant.h); the
+ * two give the same bits (check_model compares whole forward passes). */
+static bool att_fast(void)
 {
 #ifdef ATT_WSUM_X86
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return quant_fast_kernels() && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+static void att_softmax(float *w, int32_t n, bool fast)
+{
+#ifdef ATT_WSUM_X86
+    if (fast) {
+        att_softmax_fma(w, n);
+        return;
+    }
+#endif
+    (void)fast;
+    att_softmax_ref(w, n);
+}
+
+static void att_wsum(float *o, const float *w, const float *v, size_t v_stride, int32_t n,
+                     int32_t hd, bool fast)
+{
+#ifdef ATT_WSUM_X86
+    if (fast) {
         att_wsum_fma(o, w, v, v_stride, n, hd);
         return;
     }
 #endif
+    (void)fast;
     att_wsum_ref(o, w, v, v_stride, n, hd);
 }
 
@@ -546,6 +580,7 @@ typedef struct {
     int32_t hd, n_head, group;
     size_t n_kv, n_q;
     float scale;
+    bool fast; /* att_fast() */
     const float *kc, *vc;
 } att_geom;
 
@@ -561,6 +596,7 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
     ag->scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)ag->hd);
     ag->kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
     ag->vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
+    ag->fast = att_fast();
 }
 
 /* this thread's scratch rows of scores, one per lane (ATT_TB rows of
@@ -622,8 +658,8 @@ static void attn_chunk(void *arg, int ith, int64_t it)
         float *w = rows + (size_t)i * stride;
         if (!orow[i])
             continue;
-        att_softmax(w, lim[i]);
-        att_wsum(orow[i], w, vc + kv_off, n_kv, lim[i], hd);
+        att_softmax(w, lim[i], ag.fast);
+        att_wsum(orow[i], w, vc + kv_off, n_kv, lim[i], hd, ag.fast);
     }
 }
 
@@ -644,9 +680,9 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
 
     attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off, n_kv,
                     n_pos, hd, ag.scale);
-    att_softmax(w, n_pos);
+    att_softmax(w, n_pos, ag.fast);
     att_wsum(c->att + (size_t)t * n_q + (size_t)h * (size_t)hd, w, ag.vc + kv_off, n_kv, n_pos,
-             hd);
+             hd, ag.fast);
 }
 
 /* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x

@@ -1198,6 +1198,12 @@ void quant_force_scalar(bool on)
     atomic_store(&g_force_scalar, on);
 }
 
+bool quant_fast_kernels(void)
+{
+    const quant_kernels *k = kern();
+    return k && strcmp(k->name, "scalar") != 0;
+}
+
 float quant_vec_dot_ref(moe_type t, int64_t n, const void *w, const void *act)
 {
     return quant_ref_dot(t, n, w, act);

@@ -89,6 +89,10 @@ void quant_gemm_expert(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
 const char *quant_kernel_name(void);
 /* Force the scalar kernels (tests, debugging). */
 void quant_force_scalar(bool on);
+/* True when the fast (SIMD) kernel table is in use: not forced scalar and
+ * not selected as "scalar". Other hand-vectorised code (attention) follows
+ * it, so forcing scalar runs every scalar form. */
+bool quant_fast_kernels(void);
 
 /* fp16/bf16 conversions */
 float quant_f16_to_f32(uint16_t h);

@@ -17,6 +17,7 @@
 
 #include "gguf.h"
 #include "moe.h"
+#include "quant.h"
 #include "testutil.h"
 
 typedef struct {
@@ -383,6 +384,84 @@ START_TEST(test_incremental)
 }
 END_TEST
 
+/* The scalar kernels and the fast ones (SIMD matmuls, the FMA forms of the
+ * attention's softmax and weighted sum) follow the same order, so a whole
+ * forward pass gives the same bits either way: a 40-token batch, then one
+ * more token through the single-token path. */
+static const char *const same_bits_models[] = {
+    "models/real/stories260K.gguf",
+    "models/synthetic/tiny-dense-llama.f32.gguf",
+    "models/synthetic/tiny-qwen2moe.f32.gguf",
+    "models/synthetic/tiny-olmoe.f32.gguf",
+    "models/synthetic/tiny-granitemoe.f32.gguf",
+    "models/synthetic/tiny-mixtral-256.f16.gguf",
+    "models/synthetic/tiny-mixtral-256.bf16.gguf",
+    "models/synthetic/tiny-mixtral-256.q8_0.gguf",
+    "models/synthetic/tiny-mixtral-256.q6_k.gguf",
+    "models/synthetic/tiny-mixtral-256.q4_k_m.gguf",
+    "models/synthetic/tiny-mixtral-256.q4_0.gguf",
+};
+
+/* decode toks[0..40) as one batch and toks[40] alone; all 41 rows of
+ * logits into out ([41][n_vocab]) */
+static void decode_41(moe_model *model, const int32_t *toks, int32_t n_vocab, float *out)
+{
+    moe_ctx_params cp = moe_ctx_default_params();
+    moe_ctx *c;
+    cp.n_threads = 2;
+    ck_assert(moe_ctx_new(model, &cp, &c) == MOE_OK);
+    ck_assert(moe_ctx_decode(c, toks, 40, true) == MOE_OK);
+    for (int i = 0; i < 40; i++)
+        memcpy(out + (size_t)i * (size_t)n_vocab, moe_ctx_logits(c, i),
+               (size_t)n_vocab * sizeof(float));
+    ck_assert(moe_ctx_decode(c, toks + 40, 1, false) == MOE_OK);
+    memcpy(out + (size_t)40 * (size_t)n_vocab, moe_ctx_logits(c, -1),
+           (size_t)n_vocab * sizeof(float));
+    moe_ctx_free(c);
+}
+
+START_TEST(test_scalar_same_bits)
+{
+    char path[1024];
+    moe_model *model;
+    moe_model_params mp = moe_model_default_params();
+    moe_model_info info;
+    int32_t toks[41];
+    float *fast, *ref;
+    const char *kname;
+    if (!tu_shared(path, sizeof path, same_bits_models[_i], "scalar vs fast"))
+        return;
+    mp.n_threads = 2;
+    ck_assert_msg(moe_model_load(path, &mp, &model) == MOE_OK, "%s", moe_last_error());
+    moe_model_get_info(model, &info);
+    for (int i = 0; i < 41; i++)
+        toks[i] = (int32_t)((i * 7919 + 3) % info.n_vocab);
+    fast = malloc((size_t)41 * (size_t)info.n_vocab * sizeof(float));
+    ref = malloc((size_t)41 * (size_t)info.n_vocab * sizeof(float));
+    ck_assert(fast && ref);
+    kname = quant_kernel_name();
+    decode_41(model, toks, info.n_vocab, fast);
+    quant_force_scalar(true);
+    ck_assert(!quant_fast_kernels());
+    decode_41(model, toks, info.n_vocab, ref);
+    quant_force_scalar(false);
+    for (int i = 0; i < 41; i++)
+        for (int32_t v = 0; v < info.n_vocab; v++) {
+            float a = fast[(size_t)i * (size_t)info.n_vocab + (size_t)v];
+            float b = ref[(size_t)i * (size_t)info.n_vocab + (size_t)v];
+            ck_assert_msg(memcmp(&a, &b, sizeof a) == 0,
+                          "%s: position %d token %d: %s kernels %a, scalar %a",
+                          same_bits_models[_i], i, v, kname, a, b);
+        }
+    printf("scalar vs fast (%s): %s: 41 positions x %d logits, same bits\n", kname,
+           same_bits_models[_i], info.n_vocab);
+    fflush(stdout);
+    free(fast);
+    free(ref);
+    moe_model_free(model);
+}
+END_TEST
+
 START_TEST(test_bad_calls)
 {
     char path[1024];
@@ -473,6 +552,8 @@ Suite *model_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_golden_all);
     tcase_add_loop_test(tc, test_incremental, 0, 7);
+    tcase_add_loop_test(tc, test_scalar_same_bits, 0,
+                        (int)(sizeof same_bits_models / sizeof same_bits_models[0]));
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_calls);
