@@ -690,11 +690,23 @@ static QX_TARGET void QX(q8_0_gemm)(int64_t n, const void *w, size_t wrb, int64_
 {
     const int64_t nb = n / QK32;
     const uint8_t *wb = w, *ab = act;
-    if (n_act == 1) {
+    if (n_act == 1 && nb <= QX_GEMM_MAXB) {
         /* decode: two FMA chains over rows far apart (two DRAM streams with
          * software prefetch; measured here: adjacent rows interleaved stream
-         * 2.5x slower from DRAM than one row, two distant rows ~1.2x faster) */
+         * 2.5x slower from DRAM than one row, two distant rows ~1.2x faster).
+         * The activation's part is done once: its scales as floats, and per
+         * block -128 x the lane sums of its quants, so that the weights go
+         * into vpdpbusd as unsigned (q + 128) with one xor and the lanes come
+         * out as the exact sums of q * a (what the sign trick gives). */
         const blk_q8_0 *av = (const blk_q8_0 *)act;
+        __m256i negc[QX_GEMM_MAXB];
+        float da[QX_GEMM_MAXB];
+        const __m256i off = _mm256_set1_epi8((char)0x80);
+        for (int64_t i = 0; i < nb; i++) {
+            negc[i] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       DPBUSD(_mm256_setzero_si256(), off, QX(load256)(av[i].qs)));
+            da[i] = QX(h2f)(av[i].d);
+        }
         int64_t r = r0;
         int64_t half = (r1 - r0) / 2;
         for (; r < r0 + half; r++) {
@@ -704,17 +716,14 @@ static QX_TARGET void QX(q8_0_gemm)(int64_t n, const void *w, size_t wrb, int64_
             for (int64_t i = 0; i < nb; i++) {
                 _mm_prefetch((const char *)&w0[i + 12], _MM_HINT_T0);
                 _mm_prefetch((const char *)&w1[i + 12], _MM_HINT_T0);
-                __m256i aq = QX(load256)(av[i].qs);
-                __m256 da = _mm256_cvtph_ps(_mm_set1_epi16((short)av[i].d));
-                __m256i q0 = QX(load256)(w0[i].qs), q1 = QX(load256)(w1[i].qs);
-                __m256i p0 = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(q0, q0),
-                                    _mm256_sign_epi8(aq, q0));
-                __m256i p1 = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(q1, q1),
-                                    _mm256_sign_epi8(aq, q1));
-                __m256 d0 = _mm256_cvtph_ps(_mm_set1_epi16((short)w0[i].d));
-                __m256 d1 = _mm256_cvtph_ps(_mm_set1_epi16((short)w1[i].d));
-                acc0 = _mm256_fmadd_ps(_mm256_mul_ps(d0, da), _mm256_cvtepi32_ps(p0), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_mul_ps(d1, da), _mm256_cvtepi32_ps(p1), acc1);
+                const __m256i aq = QX(load256)(av[i].qs);
+                const __m256i nc = _mm256_load_si256(&negc[i]);
+                __m256i p0 = DPBUSD(nc, _mm256_xor_si256(QX(load256)(w0[i].qs), off), aq);
+                __m256i p1 = DPBUSD(nc, _mm256_xor_si256(QX(load256)(w1[i].qs), off), aq);
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(QX(h2f)(w0[i].d) * da[i]),
+                                       _mm256_cvtepi32_ps(p0), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_set1_ps(QX(h2f)(w1[i].d) * da[i]),
+                                       _mm256_cvtepi32_ps(p1), acc1);
             }
             out[r] = QX(hsum)(acc0);
             out[r + half] = QX(hsum)(acc1);
