@@ -51,7 +51,7 @@ typedef struct {
 } tol_exception;
 
 static const tol_exception tol_exceptions[] = {
-    /* measured 5.31e-2 from position 29 (exact up to position 19) */
+    /* measured 5.23e-2 from position 29 (exact up to position 20) */
     {"tiny-mixtral-256.bf16.p3.json", 6.2e-2, 29},
     /* measured 0.310 from position 27 (exact up to position 15) */
     {"tiny-mixtral-256.q6_k.p3.json", 0.35, 27},
