@@ -327,14 +327,28 @@ static moe_status load_id(const gguf_ctx *g, const tok_vocab *v, const char *key
     return MOE_OK;
 }
 
+/* The string array under key: its index in *ki and its length in *n; an
+ * error naming the problem when it is missing (message `missing`) or is
+ * not an array of strings. */
+static moe_status str_array(const gguf_ctx *g, const char *key, const char *missing, int64_t *ki,
+                            uint64_t *n)
+{
+    *ki = gguf_find_key(g, key);
+    if (*ki < 0)
+        return moe_fail(MOE_ERR_FORMAT, "tokenizer: %s", missing);
+    if (gguf_kv_type(g, *ki) != GGUF_TYPE_ARRAY || gguf_arr_type(g, *ki) != GGUF_TYPE_STRING)
+        return moe_fail(MOE_ERR_FORMAT, "tokenizer: %s is not a string array", key);
+    *n = gguf_arr_n(g, *ki);
+    return MOE_OK;
+}
+
 static moe_status load_tokens(const gguf_ctx *g, tok_vocab *v)
 {
-    int64_t ki = gguf_find_key(g, "tokenizer.ggml.tokens");
-    if (ki < 0)
-        return moe_fail(MOE_ERR_FORMAT, "tokenizer: tokenizer.ggml.tokens missing");
-    if (gguf_kv_type(g, ki) != GGUF_TYPE_ARRAY || gguf_arr_type(g, ki) != GGUF_TYPE_STRING)
-        return moe_fail(MOE_ERR_FORMAT, "tokenizer: tokenizer.ggml.tokens is not a string array");
-    uint64_t n = gguf_arr_n(g, ki);
+    int64_t ki;
+    uint64_t n;
+    moe_status st = str_array(g, "tokenizer.ggml.tokens", "tokenizer.ggml.tokens missing", &ki, &n);
+    if (st != MOE_OK)
+        return st;
     if (n == 0 || n > (uint64_t)INT32_MAX - 1)
         return moe_fail(MOE_ERR_FORMAT, "tokenizer: %llu tokens is out of range",
                         (unsigned long long)n);
@@ -418,12 +432,12 @@ static moe_status load_tokens(const gguf_ctx *g, tok_vocab *v)
 
 static moe_status load_merges(const gguf_ctx *g, tok_vocab *v)
 {
-    int64_t mi = gguf_find_key(g, "tokenizer.ggml.merges");
-    if (mi < 0)
-        return moe_fail(MOE_ERR_FORMAT, "tokenizer: BPE vocabulary without tokenizer.ggml.merges");
-    if (gguf_kv_type(g, mi) != GGUF_TYPE_ARRAY || gguf_arr_type(g, mi) != GGUF_TYPE_STRING)
-        return moe_fail(MOE_ERR_FORMAT, "tokenizer: tokenizer.ggml.merges is not a string array");
-    uint64_t n = gguf_arr_n(g, mi);
+    int64_t mi;
+    uint64_t n;
+    moe_status st = str_array(g, "tokenizer.ggml.merges",
+                              "BPE vocabulary without tokenizer.ggml.merges", &mi, &n);
+    if (st != MOE_OK)
+        return st;
     if (n > (uint64_t)INT32_MAX)
         return moe_fail(MOE_ERR_FORMAT, "tokenizer: too many merges");
     size_t cap = pow2_at_least(2 * (size_t)n + 1);
