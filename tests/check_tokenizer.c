@@ -792,6 +792,38 @@ START_TEST(test_load_errors)
     ck_assert_int_eq(tok_load(g, &v), MOE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(moe_last_error(), "tokenizer.ggml.tokens"));
     gguf_close(g);
+
+    /* a token list that is not an array of strings */
+    w = gguf_writer_new();
+    ck_assert_int_eq(gguf_writer_set_str(w, "tokenizer.ggml.model", "llama"), MOE_OK);
+    ck_assert_int_eq(gguf_writer_set_u32(w, "tokenizer.ggml.tokens", 7), MOE_OK);
+    tu_tmp_path(path, sizeof path, "tokensu32.gguf");
+    ck_assert_int_eq(gguf_writer_write(w, path), MOE_OK);
+    gguf_writer_free(w);
+    ck_assert_int_eq(gguf_open(path, &g), MOE_OK);
+    ck_assert_int_eq(tok_load(g, &v), MOE_ERR_FORMAT);
+    ck_assert_msg(strstr(moe_last_error(), "tokenizer.ggml.tokens is not a string array"),
+                  "message: %s", moe_last_error());
+    gguf_close(g);
+
+    /* a BPE vocabulary without merges, and one whose merges are not strings */
+    for (int bad = 0; bad < 2; bad++) {
+        static const char *const toks[] = {"a", "b", "ab"};
+        w = gguf_writer_new();
+        ck_assert_int_eq(gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2"), MOE_OK);
+        ck_assert_int_eq(gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 3), MOE_OK);
+        if (bad)
+            ck_assert_int_eq(gguf_writer_set_str(w, "tokenizer.ggml.merges", "a b"), MOE_OK);
+        tu_tmp_path(path, sizeof path, bad ? "mergesstr.gguf" : "nomerges.gguf");
+        ck_assert_int_eq(gguf_writer_write(w, path), MOE_OK);
+        gguf_writer_free(w);
+        ck_assert_int_eq(gguf_open(path, &g), MOE_OK);
+        ck_assert_int_eq(tok_load(g, &v), MOE_ERR_FORMAT);
+        ck_assert_msg(strstr(moe_last_error(), bad ? "tokenizer.ggml.merges is not a string array"
+                                                   : "BPE vocabulary without tokenizer.ggml.merges"),
+                      "message: %s", moe_last_error());
+        gguf_close(g);
+    }
     tok_free(NULL);
 }
 END_TEST
