@@ -499,7 +499,6 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *o, const flo
         att_wsum_ref(o + d, w, v + d, v_stride, n, hd - d);
 }
 
-
 __attribute__((target("avx2,fma"))) static void att_softmax_fma(float *w, int32_t n)
 {
     att_softmax_body(w, n);
@@ -549,6 +548,7 @@ typedef struct {
     int32_t il;
     int32_t n;     /* tokens in the batch */
     int32_t pos0;  /* position of the first */
+    bool fast;     /* att_fast(), once per dispatch */
 } attn_job;
 
 /* Lanes of a chunk: heads of one kv group (they share k and v) times
@@ -580,7 +580,7 @@ typedef struct {
     int32_t hd, n_head, group;
     size_t n_kv, n_q;
     float scale;
-    bool fast; /* att_fast() */
+    bool fast; /* attn_job.fast */
     const float *kc, *vc;
 } att_geom;
 
@@ -596,7 +596,7 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
     ag->scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)ag->hd);
     ag->kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
     ag->vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
-    ag->fast = att_fast();
+    ag->fast = job->fast;
 }
 
 /* this thread's scratch rows of scores, one per lane (ATT_TB rows of
@@ -752,7 +752,7 @@ static void attention(moe_ctx *c, int32_t il, int32_t n)
 {
     const model_hparams *hp = &c->model->hp;
     const int64_t n_embd = hp->n_embd;
-    attn_job job = {c, il, n, c->pos};
+    attn_job job = {c, il, n, c->pos, att_fast()};
     tp_chunk_fn fn = attn_chunk_row;
     int64_t n_chunks = (int64_t)n * hp->n_head;
 
