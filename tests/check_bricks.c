@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "gguf_rewrite.h"
 #include "moe.h"
 #include "testutil.h"
 
@@ -208,38 +209,27 @@ START_TEST(test_save_roundtrip)
 }
 END_TEST
 
-/* Write a copy of src where expert 1 of every routed layer is expert 0
- * (weights and router row), with the GGUF writer. */
+/* tr_rewrite: expert 1 of every routed layer becomes expert 0 (weights and
+ * router row) */
+static void *bk_dup_tensor(const gguf_tensor_info *t, moe_type *type, void *arg)
+{
+    (void)type;
+    (void)arg;
+    if (!strstr(t->name, "_exps.weight") && !strstr(t->name, "ffn_gate_inp.weight"))
+        return NULL;
+    int64_t n_e = strstr(t->name, "_exps") ? t->ne[2] : t->ne[1];
+    size_t slice = t->nbytes / (size_t)n_e;
+    char *buf = malloc(t->nbytes);
+    ck_assert_ptr_nonnull(buf);
+    memcpy(buf, t->data, t->nbytes);
+    memcpy(buf + slice, buf, slice);
+    return buf;
+}
+
+/* Write a copy of src where expert 1 of every routed layer is expert 0. */
 static void bk_write_dup(const char *src, const char *dst)
 {
-    gguf_ctx *g = NULL;
-    gguf_writer *w = gguf_writer_new();
-    void *bufs[64];
-    int nb = 0;
-    ck_assert_int_eq(gguf_open(src, &g), MOE_OK);
-    for (int64_t i = 0; i < gguf_n_kv(g); i++)
-        ck_assert_int_eq(gguf_writer_copy_kv(w, g, i), MOE_OK);
-    for (int64_t i = 0; i < gguf_n_tensors(g); i++) {
-        const gguf_tensor_info *t = gguf_tensor(g, i);
-        const void *data = t->data;
-        if (strstr(t->name, "_exps.weight") || strstr(t->name, "ffn_gate_inp.weight")) {
-            int64_t n_e = strstr(t->name, "_exps") ? t->ne[2] : t->ne[1];
-            size_t slice = t->nbytes / (size_t)n_e;
-            char *buf = malloc(t->nbytes);
-            ck_assert(buf && nb < 64);
-            memcpy(buf, t->data, t->nbytes);
-            memcpy(buf + slice, buf, slice);
-            bufs[nb++] = buf;
-            data = buf;
-        }
-        ck_assert_int_eq(gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, data),
-                         MOE_OK);
-    }
-    ck_assert_int_eq(gguf_writer_write(w, dst), MOE_OK);
-    gguf_writer_free(w);
-    gguf_close(g);
-    while (nb > 0)
-        free(bufs[--nb]);
+    tr_rewrite(src, dst, bk_dup_tensor, NULL);
 }
 
 START_TEST(test_merge_duplicates)

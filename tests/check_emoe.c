@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "gguf_rewrite.h"
 #include "moe.h"
 #include "quant.h"
 #include "testutil.h"
@@ -413,38 +414,26 @@ START_TEST(test_convert_topk_unweighted)
 }
 END_TEST
 
+/* tr_rewrite: every 2-D f32 weight whose rows allow it, as q8_0 */
+static void *em_q8_tensor(const gguf_tensor_info *t, moe_type *type, void *arg)
+{
+    (void)arg;
+    if (t->n_dims != 2 || t->type != MOE_TYPE_F32 || t->ne[0] % 32 != 0)
+        return NULL;
+    size_t rb = quant_row_bytes(MOE_TYPE_Q8_0, t->ne[0]);
+    char *b = malloc(rb * (size_t)t->ne[1]);
+    ck_assert_ptr_nonnull(b);
+    for (int64_t r = 0; r < t->ne[1]; r++)
+        quant_quantize_row(MOE_TYPE_Q8_0, (const float *)t->data + r * t->ne[0],
+                           b + (size_t)r * rb, t->ne[0]);
+    *type = MOE_TYPE_Q8_0;
+    return b;
+}
+
 /* Write src with every 2-D f32 weight whose rows allow it as q8_0. */
 static void em_write_q8(const char *src, const char *dst)
 {
-    gguf_ctx *g = NULL;
-    gguf_writer *w = gguf_writer_new();
-    void *bufs[128];
-    int nb = 0;
-    ck_assert_int_eq(gguf_open(src, &g), MOE_OK);
-    for (int64_t i = 0; i < gguf_n_kv(g); i++)
-        ck_assert_int_eq(gguf_writer_copy_kv(w, g, i), MOE_OK);
-    for (int64_t i = 0; i < gguf_n_tensors(g); i++) {
-        const gguf_tensor_info *t = gguf_tensor(g, i);
-        if (t->n_dims == 2 && t->type == MOE_TYPE_F32 && t->ne[0] % 32 == 0) {
-            size_t rb = quant_row_bytes(MOE_TYPE_Q8_0, t->ne[0]);
-            char *b = malloc(rb * (size_t)t->ne[1]);
-            ck_assert(b && nb < 128);
-            for (int64_t r = 0; r < t->ne[1]; r++)
-                quant_quantize_row(MOE_TYPE_Q8_0, (const float *)t->data + r * t->ne[0],
-                                   b + (size_t)r * rb, t->ne[0]);
-            bufs[nb++] = b;
-            ck_assert_int_eq(gguf_writer_add_tensor(w, t->name, MOE_TYPE_Q8_0, 2, t->ne, b),
-                             MOE_OK);
-        } else {
-            ck_assert_int_eq(gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data),
-                             MOE_OK);
-        }
-    }
-    ck_assert_int_eq(gguf_writer_write(w, dst), MOE_OK);
-    gguf_writer_free(w);
-    gguf_close(g);
-    while (nb > 0)
-        free(bufs[--nb]);
+    tr_rewrite(src, dst, em_q8_tensor, NULL);
 }
 
 /* Quantized input (tiny-dense-llama as q8_0, n_ff 128): gate/up rows keep
