@@ -465,38 +465,93 @@ static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stri
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ATT_WSUM_X86 1
-/* the same, 8 dims at a time: the 16 chains in 16 registers, advanced
- * together block of 16 positions by block; their sums in hsum16's order,
- * lane-wise */
-__attribute__((target("avx2,fma"))) static void att_wsum_fma(float *o, const float *w,
-                                                             const float *v, size_t v_stride,
-                                                             int32_t n, int32_t hd)
+/* The same for the rows of a chunk (lanes, at most ATT_TB), which share
+ * their values: lane i has o[i] (NULL = unused), weights w[i] over its
+ * first lim[i] positions. 8 dims at a time. Positions go in tiles of att_wt() (whole
+ * 16-position blocks): a tile's value rows are copied once into vt, where
+ * they lie contiguous and stay in L1 while every lane and every 8-dim
+ * slice of them is summed (in the cache they lie a whole kv row apart,
+ * often a power of two, so rows read in place map to few L1 sets and keep
+ * missing). A slice's 16 chains are in 16 registers, kept between tiles in
+ * acc[lane][chain][dim]. Each chain still takes its positions in order,
+ * and the chains are summed in hsum16's order, lane-wise. */
+#define ATT_VT_FLOATS 4096 /* a tile of values: 16 KB */
+#define ATT_WT_MAX 64      /* positions per tile, at most */
+static int32_t att_wt(int32_t hd)
 {
-    int32_t d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        __m256 ch[16], h[8];
-        int32_t p0 = 0;
-        for (int l = 0; l < 16; l++)
-            ch[l] = _mm256_setzero_ps();
-        for (; p0 + 16 <= n; p0 += 16) {
-            const float *vp = v + (size_t)p0 * v_stride + (size_t)d;
-            for (int l = 0; l < 16; l++)
-                ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[p0 + l]),
-                                        _mm256_loadu_ps(vp + (size_t)l * v_stride), ch[l]);
-        }
-        for (int l = 0; l < n - p0; l++)
-            ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[p0 + l]),
-                                    _mm256_loadu_ps(v + (size_t)(p0 + l) * v_stride + (size_t)d),
-                                    ch[l]);
-        for (int l = 0; l < 8; l++)
-            h[l] = _mm256_add_ps(ch[l], ch[l + 8]);
-        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(h[0], h[4]),
-                                                            _mm256_add_ps(h[2], h[6])),
-                                              _mm256_add_ps(_mm256_add_ps(h[1], h[5]),
-                                                            _mm256_add_ps(h[3], h[7]))));
+    int32_t wt = ATT_VT_FLOATS / hd / 16 * 16;
+    return wt < 16 ? 16 : wt > ATT_WT_MAX ? ATT_WT_MAX : wt;
+}
+
+__attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
+                                                             const float *const *w,
+                                                             const int32_t *lim, int n_lanes,
+                                                             const float *v, size_t v_stride,
+                                                             int32_t hd)
+{
+    const int32_t hd8 = hd & ~7, wt = att_wt(hd);
+    float acc[ATT_TB * 16 * ATT_MAX_HD] __attribute__((aligned(32)));
+    float vt[ATT_VT_FLOATS] __attribute__((aligned(32)));
+    int32_t n = 0;
+    for (int i = 0; i < n_lanes; i++) {
+        if (!o[i])
+            continue;
+        if (lim[i] > n)
+            n = lim[i];
+        memset(acc + (size_t)i * 16 * (size_t)hd8, 0, 16 * (size_t)hd8 * sizeof(float));
     }
-    if (d < hd)
-        att_wsum_ref(o + d, w, v + d, v_stride, n, hd - d);
+    for (int32_t t0 = 0; t0 < n; t0 += wt) {
+        const int32_t t1 = n - t0 < wt ? n : t0 + wt;
+        for (int32_t p = t0; p < t1; p++)
+            memcpy(vt + (size_t)(p - t0) * (size_t)hd8, v + (size_t)p * v_stride,
+                   (size_t)hd8 * sizeof(float));
+        for (int i = 0; i < n_lanes; i++) {
+            const int32_t e = lim[i] < t1 ? lim[i] : t1;
+            const float *wi = w[i];
+            float *ai = acc + (size_t)i * 16 * (size_t)hd8;
+            if (!o[i] || e <= t0)
+                continue;
+            for (int32_t d = 0; d < hd8; d += 8) {
+                __m256 ch[16];
+                int32_t p0 = t0;
+                for (int l = 0; l < 16; l++)
+                    ch[l] = _mm256_load_ps(ai + (size_t)l * (size_t)hd8 + (size_t)d);
+                for (; p0 + 16 <= e; p0 += 16) {
+                    const float *vp = vt + (size_t)(p0 - t0) * (size_t)hd8 + (size_t)d;
+                    for (int l = 0; l < 16; l++)
+                        ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(wi[p0 + l]),
+                                                _mm256_load_ps(vp + (size_t)l * (size_t)hd8),
+                                                ch[l]);
+                }
+                for (int l = 0; l < e - p0; l++)
+                    ch[l] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(wi[p0 + l]),
+                        _mm256_load_ps(vt + (size_t)(p0 + l - t0) * (size_t)hd8 + (size_t)d),
+                        ch[l]);
+                for (int l = 0; l < 16; l++)
+                    _mm256_store_ps(ai + (size_t)l * (size_t)hd8 + (size_t)d, ch[l]);
+            }
+        }
+    }
+    for (int i = 0; i < n_lanes; i++) {
+        const float *ai = acc + (size_t)i * 16 * (size_t)hd8;
+        if (!o[i])
+            continue;
+        for (int32_t d = 0; d < hd8; d += 8) {
+            __m256 h[8];
+            for (int l = 0; l < 8; l++)
+                h[l] = _mm256_add_ps(_mm256_load_ps(ai + (size_t)l * (size_t)hd8 + (size_t)d),
+                                     _mm256_load_ps(ai + (size_t)(l + 8) * (size_t)hd8 +
+                                                    (size_t)d));
+            _mm256_storeu_ps(o[i] + d,
+                             _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(h[0], h[4]),
+                                                         _mm256_add_ps(h[2], h[6])),
+                                           _mm256_add_ps(_mm256_add_ps(h[1], h[5]),
+                                                         _mm256_add_ps(h[3], h[7]))));
+        }
+        if (hd8 < hd)
+            att_wsum_ref(o[i] + hd8, w[i], v + hd8, v_stride, lim[i], hd - hd8);
+    }
 }
 
 __attribute__((target("avx2,fma"))) static void att_softmax_fma(float *w, int32_t n)
@@ -530,17 +585,20 @@ static void att_softmax(float *w, int32_t n, bool fast)
     att_softmax_ref(w, n);
 }
 
-static void att_wsum(float *o, const float *w, const float *v, size_t v_stride, int32_t n,
-                     int32_t hd, bool fast)
+/* att_wsum_ref for each used lane, or att_wsum_fma for all of them */
+static void att_wsum(float *const *o, const float *const *w, const int32_t *lim, int n_lanes,
+                     const float *v, size_t v_stride, int32_t hd, bool fast)
 {
 #ifdef ATT_WSUM_X86
-    if (fast) {
-        att_wsum_fma(o, w, v, v_stride, n, hd);
+    if (fast && hd <= ATT_MAX_HD) {
+        att_wsum_fma(o, w, lim, n_lanes, v, v_stride, hd);
         return;
     }
 #endif
     (void)fast;
-    att_wsum_ref(o, w, v, v_stride, n, hd);
+    for (int i = 0; i < n_lanes; i++)
+        if (o[i])
+            att_wsum_ref(o[i], w[i], v, v_stride, lim[i], hd);
 }
 
 typedef struct {
@@ -631,6 +689,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     float sc[ATT_PB * ATT_TB] __attribute__((aligned(64)));
     float *rows = att_scratch(c, ith);
     float *orow[ATT_TB];
+    const float *wrow[ATT_TB];
     int32_t lim[ATT_TB]; /* positions lane i sees; 0 = unused lane */
     int32_t n_pos_max = 0;
 
@@ -655,12 +714,12 @@ static void attn_chunk(void *arg, int ith, int64_t it)
                 rows[(size_t)i * stride + (size_t)(pb + j)] = sc[j * ATT_TB + i];
     }
     for (int32_t i = 0; i < ATT_TB; i++) {
-        float *w = rows + (size_t)i * stride;
-        if (!orow[i])
-            continue;
-        att_softmax(w, lim[i], ag.fast);
-        att_wsum(orow[i], w, vc + kv_off, n_kv, lim[i], hd, ag.fast);
+        float *wi = rows + (size_t)i * stride;
+        if (orow[i])
+            att_softmax(wi, lim[i], ag.fast);
+        wrow[i] = wi;
     }
+    att_wsum(orow, wrow, lim, ATT_TB, vc + kv_off, n_kv, hd, ag.fast);
 }
 
 /* Heads wider than ATT_MAX_HD: one chunk = one (token, head) pair, the
@@ -681,8 +740,9 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
     attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off, n_kv,
                     n_pos, hd, ag.scale);
     att_softmax(w, n_pos, ag.fast);
-    att_wsum(c->att + (size_t)t * n_q + (size_t)h * (size_t)hd, w, ag.vc + kv_off, n_kv, n_pos,
-             hd, ag.fast);
+    float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
+    const float *wc = w;
+    att_wsum(&o, &wc, &n_pos, 1, ag.vc + kv_off, n_kv, hd, ag.fast);
 }
 
 /* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x

@@ -388,8 +388,9 @@ END_TEST
 /* The scalar kernels and the fast ones (SIMD matmuls, the FMA forms of the
  * attention's softmax and weighted sum) follow the same order, so a whole
  * forward pass gives the same bits with the scalar kernels and with each
- * SIMD kernel set: a 40-token batch, then one more token through the
- * single-token path. */
+ * SIMD kernel set: a 139-token batch, then one more token through the
+ * single-token path. 140 positions take the attention's weighted sum over
+ * several tiles of positions (64 each, forward.c). */
 static const char *const same_bits_models[] = {
     "models/real/stories260K.gguf",
     "models/synthetic/tiny-dense-llama.f32.gguf",
@@ -404,20 +405,21 @@ static const char *const same_bits_models[] = {
     "models/synthetic/tiny-mixtral-256.q4_0.gguf",
 };
 
-/* decode toks[0..40) as one batch and toks[40] alone; all 41 rows of
- * logits into out ([41][n_vocab]) */
-static void decode_41(moe_model *model, const int32_t *toks, int32_t n_vocab, float *out)
+/* decode toks[0..SB_N-1) as one batch and toks[SB_N-1] alone; all SB_N
+ * rows of logits into out ([SB_N][n_vocab]) */
+#define SB_N 140
+static void decode_sb(moe_model *model, const int32_t *toks, int32_t n_vocab, float *out)
 {
     moe_ctx_params cp = moe_ctx_default_params();
     moe_ctx *c;
     cp.n_threads = 2;
     ck_assert(moe_ctx_new(model, &cp, &c) == MOE_OK);
-    ck_assert(moe_ctx_decode(c, toks, 40, true) == MOE_OK);
-    for (int i = 0; i < 40; i++)
+    ck_assert(moe_ctx_decode(c, toks, SB_N - 1, true) == MOE_OK);
+    for (int i = 0; i < SB_N - 1; i++)
         memcpy(out + (size_t)i * (size_t)n_vocab, moe_ctx_logits(c, i),
                (size_t)n_vocab * sizeof(float));
-    ck_assert(moe_ctx_decode(c, toks + 40, 1, false) == MOE_OK);
-    memcpy(out + (size_t)40 * (size_t)n_vocab, moe_ctx_logits(c, -1),
+    ck_assert(moe_ctx_decode(c, toks + SB_N - 1, 1, false) == MOE_OK);
+    memcpy(out + (size_t)(SB_N - 1) * (size_t)n_vocab, moe_ctx_logits(c, -1),
            (size_t)n_vocab * sizeof(float));
     moe_ctx_free(c);
 }
@@ -431,7 +433,7 @@ START_TEST(test_scalar_same_bits)
     moe_model *model;
     moe_model_params mp = moe_model_default_params();
     moe_model_info info;
-    int32_t toks[41];
+    int32_t toks[SB_N];
     float *fast, *ref;
     int n_sets = 0;
     if (!tu_shared(path, sizeof path, same_bits_models[_i], "scalar vs fast"))
@@ -439,14 +441,14 @@ START_TEST(test_scalar_same_bits)
     mp.n_threads = 2;
     ck_assert_msg(moe_model_load(path, &mp, &model) == MOE_OK, "%s", moe_last_error());
     moe_model_get_info(model, &info);
-    for (int i = 0; i < 41; i++)
+    for (int i = 0; i < SB_N; i++)
         toks[i] = (int32_t)((i * 7919 + 3) % info.n_vocab);
-    fast = malloc((size_t)41 * (size_t)info.n_vocab * sizeof(float));
-    ref = malloc((size_t)41 * (size_t)info.n_vocab * sizeof(float));
+    fast = malloc((size_t)SB_N * (size_t)info.n_vocab * sizeof(float));
+    ref = malloc((size_t)SB_N * (size_t)info.n_vocab * sizeof(float));
     ck_assert(fast && ref);
     quant_force_scalar(true);
     ck_assert(!quant_fast_kernels());
-    decode_41(model, toks, info.n_vocab, ref);
+    decode_sb(model, toks, info.n_vocab, ref);
     quant_force_scalar(false);
     for (size_t k = 0; k < sizeof same_bits_ksets / sizeof same_bits_ksets[0]; k++) {
         const char *kname = same_bits_ksets[k];
@@ -454,9 +456,9 @@ START_TEST(test_scalar_same_bits)
             continue; /* CPU lacks this set */
         ck_assert_str_eq(quant_kernel_name(), kname);
         ck_assert(quant_fast_kernels());
-        decode_41(model, toks, info.n_vocab, fast);
+        decode_sb(model, toks, info.n_vocab, fast);
         quant_kernels_select(NULL);
-        for (int i = 0; i < 41; i++)
+        for (int i = 0; i < SB_N; i++)
             for (int32_t v = 0; v < info.n_vocab; v++) {
                 float a = fast[(size_t)i * (size_t)info.n_vocab + (size_t)v];
                 float b = ref[(size_t)i * (size_t)info.n_vocab + (size_t)v];
@@ -464,8 +466,8 @@ START_TEST(test_scalar_same_bits)
                               "%s: position %d token %d: %s kernels %a, scalar %a",
                               same_bits_models[_i], i, v, kname, a, b);
             }
-        printf("scalar vs fast (%s): %s: 41 positions x %d logits, same bits\n", kname,
-               same_bits_models[_i], info.n_vocab);
+        printf("scalar vs fast (%s): %s: %d positions x %d logits, same bits\n", kname,
+               same_bits_models[_i], SB_N, info.n_vocab);
         n_sets++;
     }
     if (n_sets == 0)
