@@ -665,13 +665,14 @@ static float *att_scratch(const moe_ctx *c, int ith)
 }
 
 /* One chunk = tb consecutive tokens x hl heads of one kv group, one
- * (token, head) row per lane; the last token blocks (the most positions)
+ * (token, head) row per lane. Chunks go kv group by kv group, so the
+ * chunks both threads claim next read the keys and values already in
+ * their caches; within a group the last token blocks (the most positions)
  * come first. */
 static void attn_chunk(void *arg, int ith, int64_t it)
 {
     const attn_job *job = arg;
     moe_ctx *c = job->c;
-    const model_hparams *hp = &c->model->hp;
     att_geom ag;
     att_geom_init(job, &ag);
     const int32_t hd = ag.hd, group = ag.group;
@@ -679,10 +680,10 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
     int32_t hl, n_hsub, tb;
     att_lanes(group, &hl, &n_hsub, &tb);
-    const int32_t per_block = hp->n_head_kv * n_hsub;
     const int32_t n_blocks = (job->n + tb - 1) / tb;
-    const int32_t b = n_blocks - 1 - (int32_t)(it / per_block);
-    const int32_t g = (int32_t)(it % per_block) / n_hsub, hs = (int32_t)(it % per_block) % n_hsub;
+    const int32_t per_group = n_blocks * n_hsub;
+    const int32_t g = (int32_t)(it / per_group), r = (int32_t)(it % per_group);
+    const int32_t b = n_blocks - 1 - r / n_hsub, hs = r % n_hsub;
     const int32_t t0 = b * tb;
     const size_t kv_off = (size_t)g * (size_t)hd;
     float qt[ATT_MAX_HD * ATT_TB] __attribute__((aligned(64)));
