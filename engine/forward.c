@@ -335,16 +335,19 @@ static void attn_scores(float *sc, const float *qt, const float *k, size_t k_str
     int32_t j = 0;
     for (; j + ATT_PU <= np; j += ATT_PU) {
         const float *kj = k + (size_t)j * k_stride;
-        att_vec a[ATT_PU];
+        att_vec a[ATT_PU]; /* in registers: the u loops are unrolled */
+#pragma GCC unroll 8
         for (int u = 0; u < ATT_PU; u++)
             a[u] = (att_vec){0};
         for (int32_t d = 0; d < hd; d++) {
             const att_vec qd = q[d];
+#pragma GCC unroll 8
             for (int u = 0; u < ATT_PU; u++) {
                 att_vec prod = qd * kj[(size_t)u * k_stride + (size_t)d];
                 a[u] = a[u] + prod;
             }
         }
+#pragma GCC unroll 8
         for (int u = 0; u < ATT_PU; u++)
             out[j + u] = a[u] * scale;
     }
@@ -472,8 +475,8 @@ static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stri
  * they lie contiguous and stay in L1 while every lane and every 8-dim
  * slice of them is summed (in the cache they lie a whole kv row apart,
  * often a power of two, so rows read in place map to few L1 sets and keep
- * missing). A slice's 16 chains are in 16 registers, kept between tiles in
- * acc[lane][chain][dim]. Each chain still takes its positions in order,
+ * missing). A slice's 16 chains go through registers 8 at a time, kept
+ * between tiles in acc[lane][chain][dim]. Each chain still takes its positions in order,
  * and the chains are summed in hsum16's order, lane-wise. */
 #define ATT_VT_FLOATS 4096 /* a tile of values: 16 KB */
 #define ATT_WT_MAX 64      /* positions per tile, at most */
@@ -511,26 +514,35 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
             float *ai = acc + (size_t)i * 16 * (size_t)hd8;
             if (!o[i] || e <= t0)
                 continue;
-            for (int32_t d = 0; d < hd8; d += 8) {
-                __m256 ch[16];
-                int32_t p0 = t0;
-                for (int l = 0; l < 16; l++)
-                    ch[l] = _mm256_load_ps(ai + (size_t)l * (size_t)hd8 + (size_t)d);
-                for (; p0 + 16 <= e; p0 += 16) {
-                    const float *vp = vt + (size_t)(p0 - t0) * (size_t)hd8 + (size_t)d;
-                    for (int l = 0; l < 16; l++)
-                        ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(wi[p0 + l]),
-                                                _mm256_load_ps(vp + (size_t)l * (size_t)hd8),
-                                                ch[l]);
+            /* chains h .. h + 7 of slice d, in registers (the l loops
+             * are unrolled) */
+            for (int32_t d = 0; d < hd8; d += 8)
+                for (int h = 0; h < 16; h += 8) {
+                    __m256 ch[8];
+                    int32_t p0 = t0;
+#pragma GCC unroll 8
+                    for (int l = 0; l < 8; l++)
+                        ch[l] = _mm256_load_ps(ai + (size_t)(h + l) * (size_t)hd8 + (size_t)d);
+                    for (; p0 + 16 <= e; p0 += 16) {
+                        const float *vp = vt + (size_t)(p0 + h - t0) * (size_t)hd8 + (size_t)d;
+#pragma GCC unroll 8
+                        for (int l = 0; l < 8; l++)
+                            ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(wi[p0 + h + l]),
+                                                    _mm256_load_ps(vp + (size_t)l * (size_t)hd8),
+                                                    ch[l]);
+                    }
+#pragma GCC unroll 8
+                    for (int l = 0; l < 8; l++)
+                        if (p0 + h + l < e)
+                            ch[l] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wi[p0 + h + l]),
+                                _mm256_load_ps(vt + (size_t)(p0 + h + l - t0) * (size_t)hd8 +
+                                               (size_t)d),
+                                ch[l]);
+#pragma GCC unroll 8
+                    for (int l = 0; l < 8; l++)
+                        _mm256_store_ps(ai + (size_t)(h + l) * (size_t)hd8 + (size_t)d, ch[l]);
                 }
-                for (int l = 0; l < e - p0; l++)
-                    ch[l] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(wi[p0 + l]),
-                        _mm256_load_ps(vt + (size_t)(p0 + l - t0) * (size_t)hd8 + (size_t)d),
-                        ch[l]);
-                for (int l = 0; l < 16; l++)
-                    _mm256_store_ps(ai + (size_t)l * (size_t)hd8 + (size_t)d, ch[l]);
-            }
         }
     }
     for (int i = 0; i < n_lanes; i++) {
