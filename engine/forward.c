@@ -566,9 +566,100 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
     }
 }
 
+/* att_vexp on 8 lanes: the same operations, the branches as blends */
+__attribute__((target("avx2,fma"))) static inline __m256 att_vexp8(__m256 x)
+{
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f), zero = _mm256_setzero_ps();
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+    const __m256 n = _mm256_sub_ps(z, shift);
+    const __m256 neg = _mm256_xor_ps(n, _mm256_set1_ps(-0.0f));
+    const __m256 b = _mm256_fmadd_ps(neg, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                     _mm256_fmadd_ps(neg, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm256_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
+                                        _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    /* att_scale2(j, n): 2^e from its exponent bits, in two steps of 2^100
+     * below -126 and above 127 */
+    const __m256i e = _mm256_cvttps_epi32(n);
+    const __m256i e127 = _mm256_add_epi32(e, _mm256_set1_epi32(127));
+    const __m256 p_mid = _mm256_castsi256_ps(_mm256_slli_epi32(e127, 23));
+    const __m256 p_lo = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(e127, _mm256_set1_epi32(100)), 23));
+    const __m256 p_hi = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_sub_epi32(e127, _mm256_set1_epi32(100)), 23));
+    const __m256 lo = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(-126), e));
+    const __m256 hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(127)));
+    __m256 r = _mm256_mul_ps(j, p_mid);
+    r = _mm256_blendv_ps(r, _mm256_mul_ps(_mm256_mul_ps(j, p_lo), _mm256_set1_ps(0x1p-100f)), lo);
+    r = _mm256_blendv_ps(r, _mm256_mul_ps(_mm256_mul_ps(j, p_hi), _mm256_set1_ps(0x1p100f)), hi);
+    /* |n| > 192: 0 for n <= 0, else infinity */
+    const __m256 far = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n),
+                                     _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    const __m256 sat = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), zero,
+                                        _mm256_cmp_ps(n, zero, _CMP_LE_OQ));
+    return _mm256_blendv_ps(r, sat, far);
+}
+
+/* att_softmax_body, 8 lanes at a time: the maximum per lane and then over
+ * the lanes (any order gives the same weights: only a zero's sign could
+ * differ, and it cannot change w - max's exponential), att_vexp8 on
+ * 16-position blocks (the last padded with zeros), each block's hsum16 in
+ * vector form, the sum in double, the scaling. */
 __attribute__((target("avx2,fma"))) static void att_softmax_fma(float *w, int32_t n)
 {
-    att_softmax_body(w, n);
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    float m[8], mx = -INFINITY;
+    double sum = 0.0;
+    int32_t p = 0;
+    for (; p + 8 <= n; p += 8)
+        m8 = _mm256_max_ps(_mm256_loadu_ps(w + p), m8);
+    _mm256_storeu_ps(m, m8);
+    for (int l = 0; l < 8; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    for (; p < n; p++)
+        mx = w[p] > mx ? w[p] : mx;
+    const __m256 vmx = _mm256_set1_ps(mx);
+    for (p = 0; p < n; p += 16) {
+        float x[16] __attribute__((aligned(32)));
+        const int32_t k = n - p < 16 ? n - p : 16;
+        __m256 e0, e1, h;
+        __m128 s;
+        if (k == 16) {
+            e0 = att_vexp8(_mm256_sub_ps(_mm256_loadu_ps(w + p), vmx));
+            e1 = att_vexp8(_mm256_sub_ps(_mm256_loadu_ps(w + p + 8), vmx));
+            _mm256_storeu_ps(w + p, e0);
+            _mm256_storeu_ps(w + p + 8, e1);
+        } else {
+            for (int l = 0; l < 16; l++)
+                x[l] = l < k ? w[p + l] - mx : 0.0f;
+            e0 = att_vexp8(_mm256_load_ps(x));
+            e1 = att_vexp8(_mm256_load_ps(x + 8));
+            _mm256_store_ps(x, e0);
+            _mm256_store_ps(x + 8, e1);
+            for (int l = 0; l < 16; l++)
+                x[l] = l < k ? x[l] : 0.0f;
+            memcpy(w + p, x, (size_t)k * sizeof(float));
+            e0 = _mm256_load_ps(x);
+            e1 = _mm256_load_ps(x + 8);
+        }
+        h = _mm256_add_ps(e0, e1);
+        s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sum += (double)_mm_cvtss_f32(s);
+    }
+    {
+        const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+        for (p = 0; p + 8 <= n; p += 8)
+            _mm256_storeu_ps(w + p, _mm256_mul_ps(_mm256_loadu_ps(w + p), inv));
+        for (; p < n; p++)
+            w[p] *= _mm256_cvtss_f32(inv);
+    }
 }
 #endif
 
@@ -595,6 +686,11 @@ static void att_softmax(float *w, int32_t n, bool fast)
 #endif
     (void)fast;
     att_softmax_ref(w, n);
+}
+
+void forward_att_softmax(float *w, int32_t n, bool fast)
+{
+    att_softmax(w, n, fast && att_fast());
 }
 
 /* att_wsum_ref for each used lane, or att_wsum_fma for all of them */

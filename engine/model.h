@@ -185,5 +185,9 @@ void forward_kv_only(moe_ctx *ctx, int32_t il, int32_t n);
 /* Final norm + LM head of n_out rows of x ([n_out][n_embd]) into logits
  * ([n_out][n_vocab]). Uses ctx->xn as scratch: x must not alias it. */
 void forward_head(moe_ctx *ctx, const float *x, int32_t n_out, float *logits);
+/* The attention's softmax on n > 0 scores in place, in its FMA form when
+ * fast is true and the CPU has it, else the plain one (tests compare the
+ * two). */
+void forward_att_softmax(float *w, int32_t n, bool fast);
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "model.h"
 #include "moe.h"
 #include "quant.h"
 #include "quant_impl.h"
@@ -480,6 +481,42 @@ START_TEST(test_scalar_same_bits)
 }
 END_TEST
 
+/* The attention softmax's FMA form (8 lanes, its exponential's branches
+ * as blends) against the plain one, bit for bit, on rows whose spread
+ * reaches each of the exponential's ranges: 2^n scaled once, in two steps
+ * below 2^-126, and 0 below e^-133 (|n| > 192). */
+START_TEST(test_att_softmax_forms)
+{
+    static const int32_t lens[] = {1, 5, 16, 17, 40, 129, 1000};
+    static const float spreads[] = {0.5f, 20.0f, 90.0f, 100.0f, 135.0f, 200.0f, 1000.0f};
+    float *a = malloc(1000 * sizeof(float)), *b = malloc(1000 * sizeof(float));
+    uint32_t r = 12345;
+    int n_rows = 0;
+    ck_assert(a && b);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (size_t si = 0; si < sizeof spreads / sizeof spreads[0]; si++) {
+            const int32_t n = lens[li];
+            for (int32_t p = 0; p < n; p++) {
+                r = r * 1664525u + 1013904223u;
+                a[p] = 3.0f - spreads[si] * (float)(r >> 8) / 16777216.0f;
+            }
+            a[n / 2] = 3.0f;                  /* the maximum, twice when n > 2 */
+            a[n - 1] = n > 2 ? 3.0f : a[n - 1];
+            memcpy(b, a, (size_t)n * sizeof(float));
+            forward_att_softmax(a, n, true);
+            forward_att_softmax(b, n, false);
+            for (int32_t p = 0; p < n; p++)
+                ck_assert_msg(memcmp(&a[p], &b[p], sizeof a[p]) == 0,
+                              "length %d spread %g position %d: fast %a, plain %a", n,
+                              (double)spreads[si], p, a[p], b[p]);
+            n_rows++;
+        }
+    printf("attention softmax: %d rows, FMA form and plain form give the same bits\n", n_rows);
+    free(a);
+    free(b);
+}
+END_TEST
+
 START_TEST(test_bad_calls)
 {
     char path[1024];
@@ -572,6 +609,7 @@ Suite *model_suite(void)
     tcase_add_loop_test(tc, test_incremental, 0, 7);
     tcase_add_loop_test(tc, test_scalar_same_bits, 0,
                         (int)(sizeof same_bits_models / sizeof same_bits_models[0]));
+    tcase_add_test(tc, test_att_softmax_forms);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_calls);
