@@ -420,9 +420,8 @@ static inline float att_vexp(float x)
 }
 
 /* Scores in w[0..n) to softmax weights, as described above. n > 0. The
- * body is compiled twice: plain (fmaf a library call on CPUs without FMA)
- * and for FMA; both compute the same bits. */
-static inline __attribute__((always_inline)) void att_softmax_body(float *w, int32_t n)
+ * plain form; att_softmax_fma gives the same bits. */
+static void att_softmax_ref(float *w, int32_t n)
 {
     float mx = -INFINITY;
     double sum = 0.0;
@@ -441,11 +440,6 @@ static inline __attribute__((always_inline)) void att_softmax_body(float *w, int
         for (int32_t p = 0; p < n; p++)
             w[p] *= inv;
     }
-}
-
-static void att_softmax_ref(float *w, int32_t n)
-{
-    att_softmax_body(w, n);
 }
 
 /* o[d] = sum over p < n of w[p] * v_p[d] (v_p at v + p * v_stride), in
@@ -605,7 +599,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 att_vexp8(__m256 x)
     return _mm256_blendv_ps(r, sat, far);
 }
 
-/* att_softmax_body, 8 lanes at a time: the maximum per lane and then over
+/* att_softmax_ref, 8 lanes at a time: the maximum per lane and then over
  * the lanes (any order gives the same weights: only a zero's sign could
  * differ, and it cannot change w - max's exponential), att_vexp8 on
  * 16-position blocks (the last padded with zeros), each block's hsum16 in
