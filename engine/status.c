@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "util.h"
@@ -65,6 +66,21 @@ void moe_log(moe_log_level level, const char *fmt, ...)
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     log_fn(level, buf, log_ud);
+}
+
+void *util_room(void *v, size_t *cap, size_t n, size_t elem, size_t first)
+{
+    size_t want, bytes;
+    void *nv;
+    if (n < *cap)
+        return v;
+    want = *cap ? 2 * *cap : first;
+    if (want <= *cap || !util_mul_size(want, elem, &bytes))
+        return NULL;
+    nv = realloc(v, bytes);
+    if (nv)
+        *cap = want;
+    return nv;
 }
 
 double util_now(void)

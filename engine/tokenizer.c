@@ -907,16 +907,12 @@ typedef struct {
 
 static void ib_push(ibuf *b, int32_t x)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        int32_t *nv = realloc(b->v, cap * sizeof *nv);
-        if (!nv) {
-            b->oom = true;
-            return;
-        }
-        b->v = nv;
-        b->cap = cap;
+    int32_t *nv = util_room(b->v, &b->cap, b->n, sizeof *nv, 64);
+    if (!nv) {
+        b->oom = true;
+        return;
     }
+    b->v = nv;
     b->v[b->n++] = x;
 }
 
@@ -933,14 +929,10 @@ typedef struct {
 
 static bool fb_push(fbuf *b, size_t off, size_t len, int32_t id)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 16;
-        frag *nv = realloc(b->v, cap * sizeof *nv);
-        if (!nv)
-            return false;
-        b->v = nv;
-        b->cap = cap;
-    }
+    frag *nv = util_room(b->v, &b->cap, b->n, sizeof *nv, 16);
+    if (!nv)
+        return false;
+    b->v = nv;
     b->v[b->n++] = (frag){off, len, id};
     return true;
 }
@@ -1087,16 +1079,12 @@ static bool bg_before(const bigram *a, const bigram *b)
 
 static void bh_push(bheap *h, bigram x)
 {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? 2 * h->cap : 64;
-        bigram *nv = realloc(h->v, cap * sizeof *nv);
-        if (!nv) {
-            h->oom = true;
-            return;
-        }
-        h->v = nv;
-        h->cap = cap;
+    bigram *nv = util_room(h->v, &h->cap, h->n, sizeof *nv, 64);
+    if (!nv) {
+        h->oom = true;
+        return;
     }
+    h->v = nv;
     size_t i = h->n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;

@@ -918,7 +918,7 @@ typedef struct {
 
 struct rx_seq {
     rx_node *nodes;
-    uint32_t n, cap;
+    size_t n, cap;
 };
 
 struct unicode_regex {
@@ -1149,16 +1149,12 @@ static bool rx_parse_bracket(rx_parser *ps, rx_class *c)
 
 static rx_node *rx_push(rx_parser *ps, rx_seq *s)
 {
-    if (s->n == s->cap) {
-        uint32_t cap = s->cap ? 2 * s->cap : 8;
-        rx_node *n = realloc(s->nodes, (size_t)cap * sizeof *n);
-        if (!n) {
-            rx_err(ps, MOE_ERR_NOMEM, "out of memory");
-            return NULL;
-        }
-        s->nodes = n;
-        s->cap = cap;
+    rx_node *n = util_room(s->nodes, &s->cap, s->n, sizeof *n, 8);
+    if (!n) {
+        rx_err(ps, MOE_ERR_NOMEM, "out of memory");
+        return NULL;
     }
+    s->nodes = n;
     rx_node *nd = &s->nodes[s->n++];
     memset(nd, 0, sizeof *nd);
     nd->min = nd->max = 1;

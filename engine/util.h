@@ -27,6 +27,12 @@ static inline bool util_add_size(size_t a, size_t b, size_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* For arrays that double as they fill: when n == *cap, v is reallocated to
+ * twice *cap elements of elem bytes (first when *cap is 0) and *cap
+ * updated. Returns the array, or NULL when out of memory (v and *cap then
+ * unchanged). */
+void *util_room(void *v, size_t *cap, size_t n, size_t elem, size_t first);
+
 /* Monotonic time in seconds. */
 double util_now(void);
 
