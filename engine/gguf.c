@@ -1120,19 +1120,6 @@ void gguf_writer_free(gguf_writer *w)
     free(w);
 }
 
-static bool grow(void **p, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return true;
-    size_t nc = *cap ? *cap * 2 : 16;
-    void *q = realloc(*p, nc * elem);
-    if (!q)
-        return false;
-    *p = q;
-    *cap = nc;
-    return true;
-}
-
 /* Take ownership of a serialized value (b) for key, replacing an old one. */
 static moe_status wkv_set(gguf_writer *w, const char *key, wbuf *b)
 {
@@ -1170,11 +1157,13 @@ static moe_status wkv_set(gguf_writer *w, const char *key, wbuf *b)
         }
     }
     char *k = strdup(key);
-    if (!k || !grow((void **)&w->kv, &w->cap_kv, w->n_kv, sizeof *w->kv)) {
+    wkv *kv = k ? util_room(w->kv, &w->cap_kv, w->n_kv, sizeof *kv, 16) : NULL;
+    if (!kv) {
         free(k);
         st = moe_fail(MOE_ERR_NOMEM, "gguf writer: out of memory for key '%s'", key);
         goto fail;
     }
+    w->kv = kv;
     w->kv[w->n_kv++] = (wkv){k, b->p, b->n};
     return MOE_OK;
 fail:
@@ -1344,10 +1333,12 @@ moe_status gguf_writer_add_tensor(gguf_writer *w, const char *name, moe_type typ
             return moe_fail(MOE_ERR_INVALID_ARG, "gguf writer: duplicate tensor '%s'",
                             name);
     t.name = strdup(name);
-    if (!t.name || !grow((void **)&w->t, &w->cap_t, w->n_t, sizeof *w->t)) {
+    wtensor *ts = t.name ? util_room(w->t, &w->cap_t, w->n_t, sizeof *ts, 16) : NULL;
+    if (!ts) {
         free(t.name);
         return moe_fail(MOE_ERR_NOMEM, "gguf writer: out of memory for tensor '%s'", name);
     }
+    w->t = ts;
     t.type = type;
     t.n_dims = n_dims;
     t.data = data;

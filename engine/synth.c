@@ -253,14 +253,10 @@ static moe_status synth_plan_add(synth_plan *p, const char *name, moe_type type,
                                  int64_t ne1, int64_t ne2)
 {
     synth_tensor *t;
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 64;
-        synth_tensor *q = realloc(p->t, nc * sizeof *q);
-        if (!q)
-            return moe_fail(MOE_ERR_NOMEM, "synth: out of memory");
-        p->t = q;
-        p->cap = nc;
-    }
+    synth_tensor *q = util_room(p->t, &p->cap, p->n, sizeof *q, 64);
+    if (!q)
+        return moe_fail(MOE_ERR_NOMEM, "synth: out of memory");
+    p->t = q;
     t = &p->t[p->n++];
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
