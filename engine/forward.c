@@ -314,6 +314,9 @@ static inline float silu(float x)
 #define ATT_TB MOE_ATT_LANES /* query rows per chunk = vector lanes */
 #define ATT_PB 128 /* positions per score block */
 #define ATT_PU 8   /* positions per step of the score kernel */
+#define ATT_PF 32  /* positions the score kernel prefetches ahead (rows
+                      * contiguous in the cache, past what the hardware
+                      * prefetcher runs ahead by itself) */
 #define ATT_MAX_HD 256 /* wider heads take attn_chunk_row */
 
 typedef float att_vec __attribute__((vector_size(ATT_TB * sizeof(float))));
@@ -336,6 +339,9 @@ static void attn_scores(float *sc, const float *qt, const float *k, size_t k_str
     for (; j + ATT_PU <= np; j += ATT_PU) {
         const float *kj = k + (size_t)j * k_stride;
         att_vec a[ATT_PU]; /* in registers: the u loops are unrolled */
+        for (int u = 0; u < ATT_PU; u++)
+            for (int32_t d = 0; d < hd; d += 16)
+                __builtin_prefetch(kj + (size_t)(u + ATT_PF) * k_stride + (size_t)d);
 #pragma GCC unroll 8
         for (int u = 0; u < ATT_PU; u++)
             a[u] = (att_vec){0};
@@ -464,15 +470,15 @@ static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stri
 #define ATT_WSUM_X86 1
 /* The same for the rows of a chunk (lanes, at most ATT_TB), which share
  * their values: lane i has o[i] (NULL = unused), weights w[i] over its
- * first lim[i] positions. 8 dims at a time. Positions go in tiles of att_wt() (whole
- * 16-position blocks): a tile's value rows are copied once into vt, where
- * they lie contiguous and stay in L1 while every lane and every 8-dim
- * slice of them is summed (in the cache they lie a whole kv row apart,
- * often a power of two, so rows read in place map to few L1 sets and keep
- * missing). A slice's 16 chains go through registers 8 at a time, kept
- * between tiles in acc[lane][chain][dim]. Each chain still takes its positions in order,
- * and the chains are summed in hsum16's order, lane-wise. */
-#define ATT_VT_FLOATS 4096 /* a tile of values: 16 KB */
+ * first lim[i] positions. 8 dims at a time. Positions go in tiles of
+ * att_wt() (whole 16-position blocks) that stay in L1 while every lane and
+ * every 8-dim slice of them is summed, the next tile being prefetched
+ * meanwhile (the cache keeps a head's value rows contiguous, kv_at, so a
+ * tile is one run of memory). A slice's 16 chains go through registers 8
+ * at a time, kept between tiles in acc[lane][chain][dim]. Each chain still
+ * takes its positions in order, and the chains are summed in hsum16's
+ * order, lane-wise. */
+#define ATT_VT_FLOATS 4096 /* a tile of values: 16 KB at v_stride = hd */
 #define ATT_WT_MAX 64      /* positions per tile, at most */
 static int32_t att_wt(int32_t hd)
 {
@@ -488,7 +494,6 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
 {
     const int32_t hd8 = hd & ~7, wt = att_wt(hd);
     float acc[ATT_TB * 16 * ATT_MAX_HD] __attribute__((aligned(32)));
-    float vt[ATT_VT_FLOATS] __attribute__((aligned(32)));
     int32_t n = 0;
     for (int i = 0; i < n_lanes; i++) {
         if (!o[i])
@@ -499,9 +504,13 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
     }
     for (int32_t t0 = 0; t0 < n; t0 += wt) {
         const int32_t t1 = n - t0 < wt ? n : t0 + wt;
-        for (int32_t p = t0; p < t1; p++)
-            memcpy(vt + (size_t)(p - t0) * (size_t)hd8, v + (size_t)p * v_stride,
-                   (size_t)hd8 * sizeof(float));
+        const float *vt = v + (size_t)t0 * v_stride;
+        /* the next tile is fetched while this one is summed: a slice's
+         * share of it per slice of the first lane */
+        const char *pf = (const char *)(v + (size_t)t1 * v_stride);
+        size_t pf_step = t1 < n ? (size_t)(n - t1 < wt ? n - t1 : wt) * v_stride *
+                                      sizeof(float) / (size_t)(hd8 / 8)
+                                : 0;
         for (int i = 0; i < n_lanes; i++) {
             const int32_t e = lim[i] < t1 ? lim[i] : t1;
             const float *wi = w[i];
@@ -510,7 +519,10 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
                 continue;
             /* chains h .. h + 7 of slice d, in registers (the l loops
              * are unrolled) */
-            for (int32_t d = 0; d < hd8; d += 8)
+            for (int32_t d = 0; d < hd8; d += 8) {
+                for (size_t b = 0; b < pf_step; b += 64)
+                    __builtin_prefetch(pf + b);
+                pf += pf_step;
                 for (int h = 0; h < 16; h += 8) {
                     __m256 ch[8];
                     int32_t p0 = t0;
@@ -518,11 +530,11 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
                     for (int l = 0; l < 8; l++)
                         ch[l] = _mm256_load_ps(ai + (size_t)(h + l) * (size_t)hd8 + (size_t)d);
                     for (; p0 + 16 <= e; p0 += 16) {
-                        const float *vp = vt + (size_t)(p0 + h - t0) * (size_t)hd8 + (size_t)d;
+                        const float *vp = vt + (size_t)(p0 + h - t0) * v_stride + (size_t)d;
 #pragma GCC unroll 8
                         for (int l = 0; l < 8; l++)
                             ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(wi[p0 + h + l]),
-                                                    _mm256_load_ps(vp + (size_t)l * (size_t)hd8),
+                                                    _mm256_loadu_ps(vp + (size_t)l * v_stride),
                                                     ch[l]);
                     }
 #pragma GCC unroll 8
@@ -530,13 +542,15 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
                         if (p0 + h + l < e)
                             ch[l] = _mm256_fmadd_ps(
                                 _mm256_set1_ps(wi[p0 + h + l]),
-                                _mm256_load_ps(vt + (size_t)(p0 + h + l - t0) * (size_t)hd8 +
-                                               (size_t)d),
+                                _mm256_loadu_ps(vt + (size_t)(p0 + h + l - t0) * v_stride +
+                                                (size_t)d),
                                 ch[l]);
 #pragma GCC unroll 8
                     for (int l = 0; l < 8; l++)
                         _mm256_store_ps(ai + (size_t)(h + l) * (size_t)hd8 + (size_t)d, ch[l]);
                 }
+            }
+            pf_step = 0; /* the first lane fetched it all */
         }
     }
     for (int i = 0; i < n_lanes; i++) {
@@ -738,7 +752,8 @@ static size_t att_sc_stride(const moe_ctx *c)
  * score scale and this layer's K and V caches */
 typedef struct {
     int32_t hd, n_head, group;
-    size_t n_kv, n_q;
+    size_t n_q;
+    size_t kv_head; /* floats from one kv head's cache rows to the next */
     float scale;
     bool fast; /* attn_job.fast */
     const float *kc, *vc;
@@ -751,11 +766,11 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
     ag->hd = hp->n_embd_head;
     ag->n_head = hp->n_head;
     ag->group = hp->n_head / hp->n_head_kv;
-    ag->n_kv = (size_t)hp->n_head_kv * (size_t)ag->hd;
+    ag->kv_head = (size_t)c->n_ctx * (size_t)ag->hd;
     ag->n_q = (size_t)ag->n_head * (size_t)ag->hd;
     ag->scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)ag->hd);
-    ag->kc = c->k_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
-    ag->vc = c->v_cache + (size_t)job->il * (size_t)c->n_ctx * ag->n_kv;
+    ag->kc = c->k_cache + kv_at(c, job->il, 0, 0);
+    ag->vc = c->v_cache + kv_at(c, job->il, 0, 0);
     ag->fast = job->fast;
 }
 
@@ -778,7 +793,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     att_geom ag;
     att_geom_init(job, &ag);
     const int32_t hd = ag.hd, group = ag.group;
-    const size_t n_kv = ag.n_kv, n_q = ag.n_q, stride = att_sc_stride(c);
+    const size_t n_q = ag.n_q, stride = att_sc_stride(c);
     const float scale = ag.scale, *kc = ag.kc, *vc = ag.vc;
     int32_t hl, n_hsub, tb;
     att_lanes(group, &hl, &n_hsub, &tb);
@@ -787,7 +802,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     const int32_t g = (int32_t)(it / per_group), r = (int32_t)(it % per_group);
     const int32_t b = n_blocks - 1 - r / n_hsub, hs = r % n_hsub;
     const int32_t t0 = b * tb;
-    const size_t kv_off = (size_t)g * (size_t)hd;
+    const size_t kv_off = (size_t)g * ag.kv_head;
     float qt[ATT_MAX_HD * ATT_TB] __attribute__((aligned(64)));
     float sc[ATT_PB * ATT_TB] __attribute__((aligned(64)));
     float *rows = att_scratch(c, ith);
@@ -811,7 +826,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     /* scores, block by block, into each lane's scratch row */
     for (int32_t pb = 0; pb < n_pos_max; pb += ATT_PB) {
         const int32_t np = n_pos_max - pb < ATT_PB ? n_pos_max - pb : ATT_PB;
-        attn_scores(sc, qt, kc + (size_t)pb * n_kv + kv_off, n_kv, np, hd, scale);
+        attn_scores(sc, qt, kc + kv_off + (size_t)pb * (size_t)hd, (size_t)hd, np, hd, scale);
         for (int32_t i = 0; i < ATT_TB; i++)
             for (int32_t j = 0; j < np && pb + j < lim[i]; j++)
                 rows[(size_t)i * stride + (size_t)(pb + j)] = sc[j * ATT_TB + i];
@@ -822,7 +837,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
             att_softmax(wi, lim[i], ag.fast);
         wrow[i] = wi;
     }
-    att_wsum(orow, wrow, lim, ATT_TB, vc + kv_off, n_kv, hd, ag.fast);
+    att_wsum(orow, wrow, lim, ATT_TB, vc + kv_off, (size_t)hd, hd, ag.fast);
 }
 
 /* Heads wider than ATT_MAX_HD: one chunk = one (token, head) pair, the
@@ -834,18 +849,18 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
     att_geom ag;
     att_geom_init(job, &ag);
     const int32_t hd = ag.hd, n_head = ag.n_head, group = ag.group;
-    const size_t n_kv = ag.n_kv, n_q = ag.n_q;
+    const size_t n_q = ag.n_q;
     const int32_t t = (int32_t)(it / n_head), h = (int32_t)(it % n_head);
-    const size_t kv_off = (size_t)(h / group) * (size_t)hd;
+    const size_t kv_off = (size_t)(h / group) * ag.kv_head;
     const int32_t n_pos = job->pos0 + t + 1;
     float *w = att_scratch(c, ith);
 
-    attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off, n_kv,
-                    n_pos, hd, ag.scale);
+    attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off,
+                    (size_t)hd, n_pos, hd, ag.scale);
     att_softmax(w, n_pos, ag.fast);
     float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
     const float *wc = w;
-    att_wsum(&o, &wc, &n_pos, 1, ag.vc + kv_off, n_kv, hd, ag.fast);
+    att_wsum(&o, &wc, &n_pos, 1, ag.vc + kv_off, (size_t)hd, hd, ag.fast);
 }
 
 /* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x
@@ -903,12 +918,31 @@ static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
             rope(q, hp->n_head, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
         rope(k, hp->n_head_kv, hd, hp->n_rot, hp->rope, c->pos + t, hp->rope_freq_base);
     }
-    /* append k, v to the cache */
-    {
-        size_t off = ((size_t)il * (size_t)c->n_ctx + (size_t)c->pos) * (size_t)n_kv;
-        memcpy(c->k_cache + off, c->k, (size_t)n * (size_t)n_kv * sizeof(float));
-        memcpy(c->v_cache + off, c->v, (size_t)n * (size_t)n_kv * sizeof(float));
-    }
+    kv_put(c, il, c->pos, n, c->k, c->v);
+}
+
+void kv_put(moe_ctx *c, int32_t il, int32_t p, int32_t n, const float *k, const float *v)
+{
+    const model_hparams *hp = &c->model->hp;
+    const size_t hd = (size_t)hp->n_embd_head, n_kv = (size_t)hp->n_head_kv * hd;
+    for (int32_t g = 0; g < hp->n_head_kv; g++)
+        for (int32_t t = 0; t < n; t++) {
+            const size_t at = kv_at(c, il, g, p + t), src = (size_t)t * n_kv + (size_t)g * hd;
+            memcpy(c->k_cache + at, k + src, hd * sizeof(float));
+            memcpy(c->v_cache + at, v + src, hd * sizeof(float));
+        }
+}
+
+void kv_get(const moe_ctx *c, int32_t il, int32_t p, int32_t n, float *k, float *v)
+{
+    const model_hparams *hp = &c->model->hp;
+    const size_t hd = (size_t)hp->n_embd_head, n_kv = (size_t)hp->n_head_kv * hd;
+    for (int32_t g = 0; g < hp->n_head_kv; g++)
+        for (int32_t t = 0; t < n; t++) {
+            const size_t at = kv_at(c, il, g, p + t), dst = (size_t)t * n_kv + (size_t)g * hd;
+            memcpy(k + dst, c->k_cache + at, hd * sizeof(float));
+            memcpy(v + dst, c->v_cache + at, hd * sizeof(float));
+        }
 }
 
 static void attention(moe_ctx *c, int32_t il, int32_t n)

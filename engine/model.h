@@ -135,8 +135,8 @@ struct moe_ctx {
     int32_t n_batch;
     int32_t pos;          /* tokens in the KV cache */
     int32_t *tok_hist;    /* [n_ctx] the token at each cached position */
-    float *k_cache;       /* [n_layer][n_ctx][n_embd_kv] */
-    float *v_cache;       /* [n_layer][n_ctx][n_embd_kv] */
+    float *k_cache;       /* [n_layer][n_head_kv][n_ctx][n_embd_head]: kv_at() */
+    float *v_cache;       /* the same */
     /* scratch for a batch of up to n_batch tokens */
     float *x;             /* [n_batch][n_embd] residual stream */
     float *xn;            /* [n_batch][n_embd] normed */
@@ -170,6 +170,21 @@ struct moe_ctx {
     int32_t *exp_count;   /* [n_expert] slots of each expert */
     struct exit_state *exit; /* early exit / lens / speculation (exit.c), lazy */
 };
+
+/* Where layer il's keys (k_cache) or values (v_cache) of kv head g at
+ * position p start: each head's positions lie contiguous, so attention
+ * streams them. */
+static inline size_t kv_at(const moe_ctx *c, int32_t il, int32_t g, int32_t p)
+{
+    const model_hparams *hp = &c->model->hp;
+    return (((size_t)il * (size_t)hp->n_head_kv + (size_t)g) * (size_t)c->n_ctx + (size_t)p) *
+           (size_t)hp->n_embd_head;
+}
+/* Copy the keys and values of n positions from p on, as token rows of
+ * n_embd_kv floats (kv head after kv head), into layer il's cache
+ * (kv_put) or out of it (kv_get). */
+void kv_put(moe_ctx *c, int32_t il, int32_t p, int32_t n, const float *k, const float *v);
+void kv_get(const moe_ctx *c, int32_t il, int32_t p, int32_t n, float *k, float *v);
 
 /* forward.c: run n tokens (n <= n_batch) at ctx->pos; writes logits for all
  * tokens (all = true) or only the last one; advances ctx->pos. */

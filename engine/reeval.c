@@ -42,12 +42,9 @@ moe_status moe_ctx_reeval(moe_ctx *c, int32_t pos, float *out)
     if (!saved)
         return moe_fail(MOE_ERR_NOMEM, "out of memory for reeval");
 
-    /* keys and values this pass overwrites: row pos of every layer */
-    for (size_t il = 0; il < n_layer; il++) {
-        size_t off = (il * (size_t)c->n_ctx + (size_t)pos) * n_kv;
-        memcpy(saved + (2 * il) * n_kv, c->k_cache + off, row_bytes);
-        memcpy(saved + (2 * il + 1) * n_kv, c->v_cache + off, row_bytes);
-    }
+    /* keys and values this pass overwrites: position pos of every layer */
+    for (size_t il = 0; il < n_layer; il++)
+        kv_get(c, (int32_t)il, pos, 1, saved + (2 * il) * n_kv, saved + (2 * il + 1) * n_kv);
     moe_route_get_counters(c, &cnt);
     trace = c->trace;
     pos_saved = c->pos;
@@ -62,11 +59,8 @@ moe_status moe_ctx_reeval(moe_ctx *c, int32_t pos, float *out)
     c->pos = pos_saved;
     c->trace = trace;
     router_set_counters(c, &cnt);
-    for (size_t il = 0; il < n_layer; il++) {
-        size_t off = (il * (size_t)c->n_ctx + (size_t)pos) * n_kv;
-        memcpy(c->k_cache + off, saved + (2 * il) * n_kv, row_bytes);
-        memcpy(c->v_cache + off, saved + (2 * il + 1) * n_kv, row_bytes);
-    }
+    for (size_t il = 0; il < n_layer; il++)
+        kv_put(c, (int32_t)il, pos, 1, saved + (2 * il) * n_kv, saved + (2 * il + 1) * n_kv);
     free(saved);
     return MOE_OK;
 }

@@ -52,11 +52,8 @@ moe_status moe_ctx_snapshot(const moe_ctx *c, moe_snapshot **out)
         goto nomem;
     memcpy(s->tokens, c->tok_hist, (size_t)c->pos * sizeof(int32_t));
     for (size_t il = 0; il < n_layer; il++) {
-        const size_t src = il * (size_t)c->n_ctx * n_kv;
         float *dk = s->kv + (il * 2) * (size_t)c->pos * n_kv;
-        float *dv = dk + (size_t)c->pos * n_kv;
-        memcpy(dk, c->k_cache + src, (size_t)c->pos * n_kv * sizeof(float));
-        memcpy(dv, c->v_cache + src, (size_t)c->pos * n_kv * sizeof(float));
+        kv_get(c, (int32_t)il, 0, c->pos, dk, dk + (size_t)c->pos * n_kv);
     }
     last = c->pos > 0 ? moe_ctx_logits(c, -1) : NULL;
     if (last) {
@@ -89,11 +86,8 @@ moe_status moe_ctx_restore(moe_ctx *c, const moe_snapshot *s)
     n_layer = (size_t)m->hp.n_layer;
     memcpy(c->tok_hist, s->tokens, (size_t)s->pos * sizeof(int32_t));
     for (size_t il = 0; il < n_layer; il++) {
-        const size_t dst = il * (size_t)c->n_ctx * n_kv;
         const float *sk = s->kv + (il * 2) * (size_t)s->pos * n_kv;
-        const float *sv = sk + (size_t)s->pos * n_kv;
-        memcpy(c->k_cache + dst, sk, (size_t)s->pos * n_kv * sizeof(float));
-        memcpy(c->v_cache + dst, sv, (size_t)s->pos * n_kv * sizeof(float));
+        kv_put(c, (int32_t)il, 0, s->pos, sk, sk + (size_t)s->pos * n_kv);
     }
     c->pos = s->pos;
     if (s->logits) {
