@@ -607,20 +607,23 @@ static moe_status parse(gguf_ctx *ctx)
     return MOE_OK;
 }
 
-static moe_status open_common(const void *data, size_t size, void *map, gguf_ctx **out)
+/* map (map_size bytes, or NULL) is the mapping data lies in, owned by the
+ * context from here on */
+static moe_status open_common(const void *data, size_t size, void *map, size_t map_size,
+                              gguf_ctx **out)
 {
     gguf_ctx *ctx = calloc(1, sizeof *ctx);
     moe_status st;
     *out = NULL;
     if (!ctx) {
         if (map)
-            munmap(map, size);
+            munmap(map, map_size);
         return moe_fail(MOE_ERR_NOMEM, "out of memory opening GGUF");
     }
     ctx->base = data;
     ctx->size = size;
     ctx->map = map;
-    ctx->map_size = size;
+    ctx->map_size = map_size;
     ctx->alignment = GGUF_DEFAULT_ALIGNMENT;
     st = parse(ctx);
     if (st != MOE_OK) {
@@ -638,13 +641,49 @@ moe_status gguf_open_buffer(const void *data, size_t size, gguf_ctx **out)
     *out = NULL;
     if (!data && size)
         return moe_fail(MOE_ERR_INVALID_ARG, "gguf_open_buffer: data is NULL");
-    return open_common(data ? data : "", size, NULL, out);
+    return open_common(data ? data : "", size, NULL, 0, out);
 }
 
-moe_status gguf_open(const char *path, gguf_ctx **out)
+/* the file's bytes into anonymous memory (size rounded up to 2 MiB, the
+ * huge page), read-only afterwards; MAP_FAILED and errno on failure */
+#define GGUF_HUGE_PAGE ((size_t)2 << 20)
+static void *read_copy(int fd, size_t size, size_t *map_size, const char *path, moe_status *st)
+{
+    const size_t len = (size + GGUF_HUGE_PAGE - 1) / GGUF_HUGE_PAGE * GGUF_HUGE_PAGE;
+    size_t got = 0;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+        *st = moe_fail(MOE_ERR_NOMEM, "cannot allocate %zu bytes to read '%s' into: %s", len,
+                       path, strerror(errno));
+        return MAP_FAILED;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(map, len, MADV_HUGEPAGE); /* a hint: without THP, plain pages */
+#endif
+    while (got < size) {
+        ssize_t r = pread(fd, (char *)map + got, size - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            *st = r < 0 ? moe_fail(MOE_ERR_IO, "cannot read '%s': %s", path, strerror(errno))
+                        : moe_fail(MOE_ERR_IO, "'%s' shrank while being read (%zu of %zu bytes)",
+                                   path, got, size);
+            munmap(map, len);
+            return MAP_FAILED;
+        }
+        got += (size_t)r;
+    }
+    mprotect(map, len, PROT_READ);
+    *map_size = len;
+    return map;
+}
+
+static moe_status open_path(const char *path, bool copy, gguf_ctx **out)
 {
     struct stat sb;
     void *map = NULL;
+    size_t map_size = 0;
+    moe_status st = MOE_OK;
     int fd;
     if (!out || !path)
         return moe_fail(MOE_ERR_INVALID_ARG, "gguf_open: NULL argument");
@@ -661,20 +700,37 @@ moe_status gguf_open(const char *path, gguf_ctx **out)
         close(fd);
         return moe_fail(MOE_ERR_IO, "'%s' is not a regular file", path);
     }
-    if ((uint64_t)sb.st_size > SIZE_MAX) {
+    if ((uint64_t)sb.st_size > SIZE_MAX / 2) {
         close(fd);
         return moe_fail(MOE_ERR_IO, "'%s' is too large to map", path);
     }
-    if (sb.st_size > 0) {
+    if (sb.st_size > 0 && copy) {
+        map = read_copy(fd, (size_t)sb.st_size, &map_size, path, &st);
+        if (map == MAP_FAILED) {
+            close(fd);
+            return st;
+        }
+    } else if (sb.st_size > 0) {
         map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             int e = errno;
             close(fd);
             return moe_fail(MOE_ERR_IO, "cannot map '%s': %s", path, strerror(e));
         }
+        map_size = (size_t)sb.st_size;
     }
     close(fd);
-    return open_common(map ? map : "", (size_t)sb.st_size, map, out);
+    return open_common(map ? map : "", (size_t)sb.st_size, map, map_size, out);
+}
+
+moe_status gguf_open(const char *path, gguf_ctx **out)
+{
+    return open_path(path, false, out);
+}
+
+moe_status gguf_open_copy(const char *path, gguf_ctx **out)
+{
+    return open_path(path, true, out);
 }
 
 void gguf_close(gguf_ctx *ctx)

@@ -67,6 +67,12 @@ typedef struct gguf_ctx gguf_ctx;
  * quant_type_supported() accepts, ne[0] a multiple of its block size, an
  * aligned offset and all bytes inside the file. */
 moe_status gguf_open(const char *path, gguf_ctx **out);
+/* As gguf_open, but the file is read into anonymous memory that asks for
+ * transparent huge pages (madvise), then made read-only: streaming the
+ * weights then takes far fewer TLB misses than through 4 KiB page-cache
+ * pages, at the cost of reading the whole file up front and holding a
+ * private copy. */
+moe_status gguf_open_copy(const char *path, gguf_ctx **out);
 /* Parse a buffer in memory (the buffer must outlive the ctx). For the fuzz
  * target and tests. */
 moe_status gguf_open_buffer(const void *data, size_t size, gguf_ctx **out);

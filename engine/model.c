@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "model.h"
 #include "router.h"
@@ -43,8 +44,27 @@ const char *const *moe_supported_archs(void)
 
 moe_model_params moe_model_default_params(void)
 {
-    moe_model_params p = {.n_threads = 2};
+    moe_model_params p = {.n_threads = 2, .load = MOE_LOAD_AUTO};
     return p;
+}
+
+/* whether to copy the file into huge-page memory (moe_load_mode) */
+static bool load_copy(const char *path, moe_load_mode mode)
+{
+    struct stat sb;
+    char buf[128];
+    bool thp;
+    FILE *f;
+    if (mode != MOE_LOAD_AUTO)
+        return mode == MOE_LOAD_COPY;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < MOE_LOAD_COPY_MIN)
+        return false; /* gguf_open says what is wrong with the path */
+    f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f)
+        return false;
+    thp = fgets(buf, sizeof buf, f) && !strstr(buf, "[never]");
+    fclose(f);
+    return thp;
 }
 
 /* ---- hyperparameters --------------------------------------------------- */
@@ -424,7 +444,12 @@ moe_status moe_model_load(const char *path, const moe_model_params *params,
         return moe_fail(MOE_ERR_NOMEM, "out of memory");
     m->n_threads = params && params->n_threads > 0 ? params->n_threads : 1;
     m->path = dup_str(path);
-    if ((st = gguf_open(path, &m->gguf)) != MOE_OK)
+    if (params && (params->load < MOE_LOAD_AUTO || params->load > MOE_LOAD_COPY)) {
+        st = moe_fail(MOE_ERR_INVALID_ARG, "unknown load mode %d", (int)params->load);
+        goto fail;
+    }
+    m->copied = load_copy(path, params ? params->load : MOE_LOAD_AUTO);
+    if ((st = (m->copied ? gguf_open_copy : gguf_open)(path, &m->gguf)) != MOE_OK)
         goto fail;
     arch = gguf_get_str(m->gguf, "general.architecture");
     if (!arch) {
@@ -503,6 +528,7 @@ void moe_model_get_info(const moe_model *m, moe_model_info *info)
     info->n_params = m->n_params;
     info->weight_bytes = m->weight_bytes;
     info->file_size = (int64_t)gguf_file_size(m->gguf);
+    info->copied = m->copied;
 }
 
 int64_t moe_model_active_bytes_per_token(const moe_model *m)

@@ -104,6 +104,7 @@ struct moe_model {
     char *name;
     char *arch_name;
     gguf_ctx *gguf;
+    bool copied;          /* file read into huge-page memory (MOE_LOAD_COPY) */
     tok_vocab *vocab;
     model_hparams hp;
     mtensor tok_embd;   /* [n_embd, n_vocab] */

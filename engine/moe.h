@@ -61,13 +61,29 @@ typedef bool (*moe_progress_fn)(double done, double total, void *ud);
 
 typedef struct moe_model moe_model;
 
+/* How a model's file gets into memory. */
+typedef enum {
+    MOE_LOAD_AUTO = 0, /* COPY for files of MOE_LOAD_COPY_MIN bytes or more
+                          when the kernel offers transparent huge pages,
+                          else MMAP */
+    MOE_LOAD_MMAP,     /* mapped read-only from the page cache: instant,
+                          shared between processes */
+    MOE_LOAD_COPY,     /* read into private memory backed by transparent huge
+                          pages: the whole file read up front, then weights
+                          stream with far fewer TLB misses */
+} moe_load_mode;
+
+#define MOE_LOAD_COPY_MIN ((int64_t)64 << 20)
+
 typedef struct {
     int n_threads;       /* worker threads for matrix work (>= 1) */
+    moe_load_mode load;  /* default MOE_LOAD_AUTO */
 } moe_model_params;
 
 moe_model_params moe_model_default_params(void);
 
-/* Load a GGUF model. The file is mapped read-only; weights are views. */
+/* Load a GGUF model, as params->load says (mapped or copied, read-only
+ * either way); weights are views into it. */
 moe_status moe_model_load(const char *path, const moe_model_params *params,
                           moe_model **out);
 void moe_model_free(moe_model *model);
@@ -92,6 +108,7 @@ typedef struct {
     int64_t n_params;
     int64_t weight_bytes; /* bytes of all tensors */
     int64_t file_size;
+    bool copied;          /* read into huge-page memory, not mapped (moe_load_mode) */
 } moe_model_info;
 
 void moe_model_get_info(const moe_model *model, moe_model_info *info);

@@ -571,7 +571,30 @@ START_TEST(test_open_errors)
     ck_assert(memcmp(gguf_tensor(ctx, 2)->data,
                      b.p + (gguf_data_offset(ctx) + gguf_tensor(ctx, 2)->offset), 16) == 0);
     gguf_close(ctx);
+    /* the same file read into memory (gguf_open_copy): the same tensors
+     * and bytes, and the same errors */
+    st = gguf_open_copy(path, &ctx);
+    ck_assert_msg(st == MOE_OK, "%s", moe_last_error());
+    ck_assert_int_eq(gguf_n_tensors(ctx), 3);
+    ck_assert_int_eq(gguf_file_size(ctx), b.n);
+    for (int64_t i = 0; i < 3; i++)
+        ck_assert(memcmp(gguf_tensor(ctx, i)->data,
+                         b.p + (gguf_data_offset(ctx) + gguf_tensor(ctx, i)->offset),
+                         gguf_tensor(ctx, i)->nbytes) == 0);
+    {
+        const gguf_tensor_info *t2 = gguf_tensor(ctx, 2);
+        const off_t cut = (off_t)(gguf_data_offset(ctx) + t2->offset + t2->nbytes - 1);
+        gguf_close(ctx);
+        ck_assert(truncate(path, cut) == 0); /* the last tensor's last byte gone */
+    }
+    st = gguf_open_copy(path, &ctx);
+    ck_assert_int_eq(st, MOE_ERR_FORMAT);
+    ck_assert_ptr_null(ctx);
+    ck_assert_msg(strstr(moe_last_error(), "outside file"), "%s", moe_last_error());
     unlink(path);
+    st = gguf_open_copy(path, &ctx);
+    ck_assert_int_eq(st, MOE_ERR_IO);
+    ck_assert(strstr(moe_last_error(), "cannot open"));
     fx_free(&b);
     ck_assert_int_eq(gguf_open_buffer(NULL, 5, &ctx), MOE_ERR_INVALID_ARG);
 }

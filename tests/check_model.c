@@ -545,6 +545,44 @@ START_TEST(test_bad_calls)
 }
 END_TEST
 
+/* The load modes (moe_load_mode): mapped and copied models compute the
+ * same bits; AUTO maps a file this small; an unknown mode is refused. */
+START_TEST(test_load_modes)
+{
+    char path[1024];
+    moe_model *mm, *mc, *bad = (moe_model *)0x1;
+    moe_model_params mp = moe_model_default_params();
+    moe_model_info info;
+    moe_ctx *a, *b;
+    moe_ctx_params cp = moe_ctx_default_params();
+    int32_t toks[6] = {1, 400, 7, 93, 211, 5};
+    if (!tu_shared(path, sizeof path, "models/real/stories260K.gguf", "load modes"))
+        return;
+    ck_assert_int_eq(mp.load, MOE_LOAD_AUTO);
+    ck_assert(moe_model_load(path, &mp, &mm) == MOE_OK);
+    moe_model_get_info(mm, &info);
+    ck_assert(!info.copied); /* under MOE_LOAD_COPY_MIN */
+    mp.load = MOE_LOAD_COPY;
+    ck_assert_msg(moe_model_load(path, &mp, &mc) == MOE_OK, "%s", moe_last_error());
+    moe_model_get_info(mc, &info);
+    ck_assert(info.copied);
+    ck_assert(moe_ctx_new(mm, &cp, &a) == MOE_OK);
+    ck_assert(moe_ctx_new(mc, &cp, &b) == MOE_OK);
+    ck_assert(moe_ctx_decode(a, toks, 6, false) == MOE_OK);
+    ck_assert(moe_ctx_decode(b, toks, 6, false) == MOE_OK);
+    ck_assert(memcmp(moe_ctx_logits(a, -1), moe_ctx_logits(b, -1),
+                     (size_t)info.n_vocab * sizeof(float)) == 0);
+    moe_ctx_free(a);
+    moe_ctx_free(b);
+    moe_model_free(mm);
+    moe_model_free(mc);
+    mp.load = (moe_load_mode)7;
+    ck_assert_int_eq(moe_model_load(path, &mp, &bad), MOE_ERR_INVALID_ARG);
+    ck_assert_ptr_null(bad);
+    ck_assert_msg(strstr(moe_last_error(), "unknown load mode 7"), "%s", moe_last_error());
+}
+END_TEST
+
 /* Models that are valid GGUF but not runnable give one clear message. */
 START_TEST(test_bad_models)
 {
@@ -614,6 +652,7 @@ Suite *model_suite(void)
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_calls);
     tcase_add_test(tc, test_bad_models);
+    tcase_add_test(tc, test_load_modes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -107,6 +107,13 @@ char *cli_read_file(const char *cmd, const char *path, size_t *len);
 /* Load a model with n_threads (<= 0: engine default). Prints the error
  * (naming the path and the engine's detail) and returns NULL on failure. */
 moe_model *cli_load_model(const char *cmd, const char *path, int n_threads);
+/* As cli_load_model with an explicit load mode (cli_load_model takes it
+ * from MOE_LOAD: auto, mmap or copy; auto when unset). */
+moe_model *cli_load_model_as(const char *cmd, const char *path, int n_threads,
+                             moe_load_mode load);
+/* "auto", "mmap" or "copy" to *out; false (with a one-line error naming
+ * what, e.g. "--load" or "MOE_LOAD") for anything else. */
+bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_mode *out);
 /* Tokenize len bytes; *ids is malloc'd (caller frees, may be non-NULL even
  * when *n == 0). Prints the error and returns false on failure. */
 bool cli_tokenize(const char *cmd, const moe_model *model, const char *text,

@@ -205,11 +205,34 @@ fail:
     return NULL;
 }
 
+bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_mode *out)
+{
+    static const char *const names[] = {"auto", "mmap", "copy"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = (moe_load_mode)i;
+            return true;
+        }
+    cli_fail(cmd, CLI_EXIT_USAGE, "%s: unknown load mode '%s' (auto, mmap or copy)", what, s);
+    return false;
+}
+
 moe_model *cli_load_model(const char *cmd, const char *path, int n_threads)
+{
+    const char *env = getenv("MOE_LOAD");
+    moe_load_mode load = MOE_LOAD_AUTO;
+    if (env && *env && !cli_parse_load(cmd, "MOE_LOAD", env, &load))
+        return NULL;
+    return cli_load_model_as(cmd, path, n_threads, load);
+}
+
+moe_model *cli_load_model_as(const char *cmd, const char *path, int n_threads,
+                             moe_load_mode load)
 {
     moe_model_params mp = moe_model_default_params();
     moe_model *model = NULL;
     moe_status st;
+    mp.load = load;
     if (n_threads > 0)
         mp.n_threads = n_threads;
     st = moe_model_load(path, &mp, &model);

@@ -159,7 +159,7 @@ int cmd_info(int argc, char **argv)
     if (!path)
         return cli_fail(info_cmd, CLI_EXIT_USAGE, "missing -m MODEL");
 
-    model = cli_load_model(info_cmd, path, 1);
+    model = cli_load_model_as(info_cmd, path, 1, MOE_LOAD_MMAP); /* metadata only */
     if (!model)
         return CLI_EXIT_FAIL;
     moe_model_get_info(model, &info);

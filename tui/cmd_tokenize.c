@@ -78,7 +78,7 @@ int cmd_tokenize(int argc, char **argv)
         text_len = strlen(text);
     }
 
-    model = cli_load_model(tok_cmd, path, 1);
+    model = cli_load_model_as(tok_cmd, path, 1, MOE_LOAD_MMAP); /* no weights used */
     if (!model)
         goto out;
     if (!cli_tokenize(tok_cmd, model, text, text_len, bos, special, &toks, &n))
