@@ -21,11 +21,15 @@ static const char *const bench_cmd = "bench";
 static void bench_usage(FILE *f)
 {
     fprintf(f,
-            "usage: moe-studio bench -m MODEL [-t THREADS] [-p N] [-n N] [--reps R] [--json]\n"
+            "usage: moe-studio bench -m MODEL [-t THREADS] [-p N] [-n N] [-d N] [--reps R]\n"
+            "                        [--load MODE] [--json]\n"
             "  -m, --model MODEL     GGUF model\n"
             "  -t, --threads N       worker threads (default: online CPUs)\n"
             "  -p, --n-prompt N      prompt tokens decoded as one batch (default 128)\n"
             "  -n, --n-gen N         single-token decodes for generation (default 64)\n"
+            "  -d, --depth N         generate after N context tokens (default 0)\n"
+            "      --load MODE       auto, mmap or copy (moe_load_mode; default auto,\n"
+            "                        or MOE_LOAD)\n"
             "      --reps R          repetitions; medians are reported (default 3)\n"
             "      --trace           record router traces while decoding (overhead check)\n"
             "      --json            one JSON object with pp_tok_s, tg_tok_s,\n"
@@ -35,7 +39,7 @@ static void bench_usage(FILE *f)
             "                        acceptance rate and speed-up\n");
 }
 
-enum { BENCH_OPT_REPS = 256, BENCH_OPT_JSON, BENCH_OPT_SPECULATE, BENCH_OPT_TRACE };
+enum { BENCH_OPT_REPS = 256, BENCH_OPT_JSON, BENCH_OPT_SPECULATE, BENCH_OPT_TRACE, BENCH_OPT_LOAD };
 
 /* xorshift64*: deterministic token ids for the benchmark batches. */
 static uint64_t bench_rand(uint64_t *s)
@@ -53,6 +57,8 @@ int cmd_bench(int argc, char **argv)
         {"threads", required_argument, NULL, 't'},
         {"n-prompt", required_argument, NULL, 'p'},
         {"n-gen", required_argument, NULL, 'n'},
+        {"depth", required_argument, NULL, 'd'},
+        {"load", required_argument, NULL, BENCH_OPT_LOAD},
         {"reps", required_argument, NULL, BENCH_OPT_REPS},
         {"json", no_argument, NULL, BENCH_OPT_JSON},
         {"trace", no_argument, NULL, BENCH_OPT_TRACE},
@@ -61,7 +67,10 @@ int cmd_bench(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *path = NULL;
-    int n_threads = 0, n_prompt = 128, n_gen = 64, reps = 3, c, rc = CLI_EXIT_FAIL;
+    int n_threads = 0, n_prompt = 128, n_gen = 64, depth = 0, reps = 3, n_toks, c;
+    int rc = CLI_EXIT_FAIL;
+    const char *env_load = getenv("MOE_LOAD");
+    moe_load_mode load = MOE_LOAD_AUTO;
     bool json = false, trace = false;
     moe_model *model = NULL;
     moe_ctx *ctx = NULL;
@@ -78,7 +87,9 @@ int cmd_bench(int argc, char **argv)
     bool do_spec = false;
     cli_spec_bench_result sr = {0};
 
-    while ((c = getopt_long(argc, argv, ":m:t:p:n:h", opts, NULL)) != -1) {
+    if (env_load && *env_load && !cli_parse_load(bench_cmd, "MOE_LOAD", env_load, &load))
+        return CLI_EXIT_USAGE;
+    while ((c = getopt_long(argc, argv, ":m:t:p:n:d:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': path = optarg; break;
         case 't':
@@ -91,6 +102,14 @@ int cmd_bench(int argc, char **argv)
             break;
         case 'n':
             if (!cli_parse_int(bench_cmd, "-n", optarg, 1, 1 << 16, &n_gen))
+                return CLI_EXIT_USAGE;
+            break;
+        case 'd':
+            if (!cli_parse_int(bench_cmd, "-d", optarg, 0, 1 << 20, &depth))
+                return CLI_EXIT_USAGE;
+            break;
+        case BENCH_OPT_LOAD:
+            if (!cli_parse_load(bench_cmd, "--load", optarg, &load))
                 return CLI_EXIT_USAGE;
             break;
         case BENCH_OPT_REPS:
@@ -118,7 +137,7 @@ int cmd_bench(int argc, char **argv)
         n_threads = ncpu > 0 && ncpu < 1024 ? (int)ncpu : 1;
     }
 
-    model = cli_load_model(bench_cmd, path, n_threads);
+    model = cli_load_model_as(bench_cmd, path, n_threads, load);
     if (!model)
         goto out;
     moe_model_get_info(model, &info);
@@ -127,7 +146,8 @@ int cmd_bench(int argc, char **argv)
         goto out;
     }
 
-    cp.n_ctx = (n_prompt > n_gen ? n_prompt : n_gen) + 1;
+    n_toks = n_prompt > depth + n_gen ? n_prompt : depth + n_gen;
+    cp.n_ctx = n_toks + 1;
     cp.n_threads = n_threads;
     cp.n_batch = n_prompt;
     st = moe_ctx_new(model, &cp, &ctx);
@@ -145,7 +165,7 @@ int cmd_bench(int argc, char **argv)
         }
     }
 
-    toks = malloc((size_t)(n_prompt > n_gen ? n_prompt : n_gen) * sizeof *toks);
+    toks = malloc((size_t)n_toks * sizeof *toks);
     pp = malloc((size_t)reps * sizeof *pp);
     bw = malloc((size_t)reps * sizeof *bw);
     tg = malloc((size_t)reps * sizeof *tg);
@@ -153,7 +173,7 @@ int cmd_bench(int argc, char **argv)
         cli_fail(bench_cmd, CLI_EXIT_FAIL, "out of memory");
         goto out;
     }
-    for (int i = 0; i < (n_prompt > n_gen ? n_prompt : n_gen); i++)
+    for (int i = 0; i < n_toks; i++)
         toks[i] = (int32_t)(bench_rand(&rng) % (uint64_t)info.n_vocab);
 
     /* Warm-up: fault the mapped weights in and start the workers. */
@@ -175,11 +195,19 @@ int cmd_bench(int argc, char **argv)
             goto out;
         }
         pp[r] = t1 > t0 ? n_prompt / (t1 - t0) : 0.0;
-
-        moe_ctx_truncate(ctx, 0);
+    }
+    /* the context generation starts from, made once (untimed) */
+    moe_ctx_truncate(ctx, 0);
+    if (depth > 0 && (st = moe_ctx_decode(ctx, toks, depth, false)) != MOE_OK) {
+        cli_fail_engine(bench_cmd, st, "decode of the %d depth tokens failed", depth);
+        goto out;
+    }
+    for (int r = 0; r < reps; r++) {
+        double t0, t1;
+        moe_ctx_truncate(ctx, depth);
         t0 = cli_now();
         for (int i = 0; i < n_gen; i++) {
-            st = moe_ctx_decode(ctx, &toks[i], 1, false);
+            st = moe_ctx_decode(ctx, &toks[depth + i], 1, false);
             if (st != MOE_OK) {
                 cli_fail_engine(bench_cmd, st, "generation decode %d failed", i);
                 goto out;
@@ -224,6 +252,8 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(o, "threads", n_threads);
         cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
         cJSON_AddNumberToObject(o, "n_gen", n_gen);
+        cJSON_AddNumberToObject(o, "depth", depth);
+        cJSON_AddStringToObject(o, "load", info.copied ? "copy" : "mmap");
         cJSON_AddNumberToObject(o, "reps", reps);
         cJSON_AddBoolToObject(o, "trace", trace);
         cJSON_AddNumberToObject(o, "pp_tok_s", pp_med);
@@ -253,8 +283,13 @@ int cmd_bench(int argc, char **argv)
         printf("model            %s (%s, %s)\n", path, info.arch ? info.arch : "",
                info.ftype ? info.ftype : "");
         printf("threads          %d%s\n", n_threads, trace ? " (trace on)" : "");
+        printf("load             %s\n",
+               info.copied ? "copied into huge-page memory" : "mapped from the file");
         printf("pp%-5d          %.1f tok/s (median of %d)\n", n_prompt, pp_med, reps);
-        printf("tg%-5d          %.1f tok/s (median of %d)\n", n_gen, tg_med, reps);
+        printf("tg%-5d          %.1f tok/s (median of %d", n_gen, tg_med, reps);
+        if (depth > 0)
+            printf(", after %d tokens", depth);
+        printf(")\n");
         printf("weights/token    %.2f MiB (active experts only)\n",
                (double)active_bytes / (1024.0 * 1024.0));
         printf("tg weight bw     %.2f GB/s", weight_gb_s);

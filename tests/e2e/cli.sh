@@ -47,6 +47,12 @@ expect_err "run: prompt file missing" "nope.txt" -- run -m "$tmp/x.gguf" -f "$tm
 expect_err "info: missing model file" "missing\.gguf" -- info -m "$tmp/missing.gguf"
 expect_err "run: missing model file" "missing\.gguf" -- run -m "$tmp/missing.gguf" -p hi
 expect_err "bench: missing model file" "missing\.gguf" -- bench -m "$tmp/missing.gguf"
+expect_err "bench: unknown --load" "--load: unknown load mode 'huge'" -- bench -m "$tmp/x.gguf" --load huge
+expect_err "bench: negative -d" "-d" -- bench -m "$tmp/x.gguf" -d -3
+MOE_LOAD=bogus
+export MOE_LOAD
+expect_err "run: unknown MOE_LOAD" "MOE_LOAD: unknown load mode 'bogus'" -- run -m "$tmp/x.gguf" -p hi
+unset MOE_LOAD
 printf 'This is plain text, not a GGUF model at all.\n' >"$tmp/text.gguf"
 expect_err "info: non-GGUF file" "text\.gguf" -- info -m "$tmp/text.gguf"
 expect_err "run: non-GGUF file" "text\.gguf" -- run -m "$tmp/text.gguf" -n 4
@@ -272,7 +278,17 @@ for k in ("pp_tok_s", "tg_tok_s", "tg_weight_gb_s", "read_bw_gb_s", "threads", "
 for k in ("pp_tok_s", "tg_tok_s", "tg_weight_gb_s", "read_bw_gb_s"):
     assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
 assert d["threads"] == 1
+assert d["depth"] == 0 and d["load"] == "mmap", (d["depth"], d["load"])
 ' "$tmp/out" 2>"$tmp/py"; then ok "bench --json has the keys with positive values"; else bad "bench --json: exit $rc: $(tail -n 1 "$tmp/py") $(head -n 1 "$tmp/err")"; fi
+
+        # bench after a context of 20 tokens, the model copied into memory.
+        run_bin bench -m "$STORIES" -p 8 -n 4 -d 20 --load copy --reps 1 --json -t 1
+        if [ "$rc" -eq 0 ] && python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["depth"] == 20 and d["load"] == "copy", (d["depth"], d["load"])
+assert d["tg_tok_s"] > 0 and d["pp_tok_s"] > 0, d
+' "$tmp/out" 2>"$tmp/py"; then ok "bench -d 20 --load copy"; else bad "bench -d 20 --load copy: exit $rc: $(tail -n 1 "$tmp/py") $(head -n 1 "$tmp/err")"; fi
     fi
 fi
 
