@@ -176,10 +176,14 @@ static int lb_load(lua_State *L)
     moe_status st;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
+        static const char *const loads[] = {"auto", "mmap", "copy", NULL};
         if (lua_getfield(L, 2, "threads") != LUA_TNIL)
             p.n_threads = (int)luaL_checkinteger(L, -1);
         lua_pop(L, 1);
         luaL_argcheck(L, p.n_threads >= 1 && p.n_threads <= 256, 2, "threads out of range");
+        if (lua_getfield(L, 2, "load") != LUA_TNIL)
+            p.load = (moe_load_mode)luaL_checkoption(L, -1, NULL, loads);
+        lua_pop(L, 1);
     }
     ref = malloc(sizeof *ref);
     if (!ref)
@@ -257,6 +261,8 @@ static int lb_model_info(lua_State *L)
     lb_setint(L, "n_params", i.n_params);
     lb_setint(L, "weight_bytes", i.weight_bytes);
     lb_setint(L, "file_size", i.file_size);
+    lua_pushboolean(L, i.copied);
+    lua_setfield(L, -2, "copied");
     lb_setint(L, "bos", moe_token_bos(model));
     lb_setint(L, "eos", moe_token_eos(model));
     return 1;

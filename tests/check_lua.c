@@ -189,6 +189,12 @@ START_TEST(test_model_basics)
               "assert(x == nil and type(msg) == 'string' and #msg > 0, 'nil, msg')\n"
               /* programmer errors raise */
               "assert(not pcall(moe.load, {}), 'bad type raises')\n"
+              "assert(not i.copied, 'a small file is mapped')\n"
+              "local c = assert(moe.load(PATH, {load = 'copy'}))\n"
+              "assert(c:info().copied, 'load = copy')\n"
+              "c:close()\n"
+              "local ok2, e2 = pcall(moe.load, PATH, {load = 'huge'})\n"
+              "assert(not ok2 and e2:find('huge'), 'bad load mode raises')\n"
               "assert(not pcall(m.piece, m, 100000), 'id out of range raises')\n"
               "m:close()\n"
               "local ok, err = pcall(m.info, m)\n"
