@@ -508,9 +508,9 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
         /* the next tile is fetched while this one is summed: a slice's
          * share of it per slice of the first lane */
         const char *pf = (const char *)(v + (size_t)t1 * v_stride);
-        size_t pf_step = t1 < n ? (size_t)(n - t1 < wt ? n - t1 : wt) * v_stride *
-                                      sizeof(float) / (size_t)(hd8 / 8)
-                                : 0;
+        size_t pf_step = t1 < n && hd8 > 0 ? (size_t)(n - t1 < wt ? n - t1 : wt) * v_stride *
+                                                 sizeof(float) / (size_t)(hd8 / 8)
+                                           : 0;
         for (int i = 0; i < n_lanes; i++) {
             const int32_t e = lim[i] < t1 ? lim[i] : t1;
             const float *wi = w[i];

@@ -14,12 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gguf.h"
 #include "model.h"
 #include "moe.h"
 #include "quant.h"
 #include "quant_impl.h"
+#include "synth.h"
 #include "testutil.h"
 
 typedef struct {
@@ -481,6 +483,38 @@ START_TEST(test_scalar_same_bits)
 }
 END_TEST
 
+/* Heads narrower than one 8-float slice (head dim 4) over more positions
+ * than one tile of the weighted sum: the SIMD pass runs (it once divided
+ * by hd / 8 = 0) and gives the scalar pass's bits. Needs no ../shared. */
+START_TEST(test_narrow_heads)
+{
+    static const synth_shape narrow = {"t-narrow", "llama", 300, 256, 16, 1, 4, 2, 32, 0, 0, 0};
+    char path[512];
+    moe_model *model;
+    moe_model_params mp = moe_model_default_params();
+    int32_t toks[SB_N];
+    float *fast, *ref;
+    tu_tmp_path(path, sizeof path, "narrow-heads.gguf");
+    ck_assert_msg(synth_write(&narrow, MOE_TYPE_F32, 7, path, NULL, NULL) == MOE_OK, "%s",
+                  moe_last_error());
+    ck_assert(moe_model_load(path, &mp, &model) == MOE_OK);
+    for (int i = 0; i < SB_N; i++)
+        toks[i] = (int32_t)((i * 7919 + 3) % 300);
+    fast = malloc((size_t)SB_N * 300 * sizeof(float));
+    ref = malloc((size_t)SB_N * 300 * sizeof(float));
+    ck_assert(fast && ref);
+    decode_sb(model, toks, 300, fast);
+    quant_force_scalar(true);
+    decode_sb(model, toks, 300, ref);
+    quant_force_scalar(false);
+    ck_assert(memcmp(fast, ref, (size_t)SB_N * 300 * sizeof(float)) == 0);
+    free(fast);
+    free(ref);
+    moe_model_free(model);
+    unlink(path);
+}
+END_TEST
+
 /* The attention softmax's FMA form (8 lanes, its exponential's branches
  * as blends) against the plain one, bit for bit, on rows whose spread
  * reaches each of the exponential's ranges: 2^n scaled once, in two steps
@@ -648,6 +682,7 @@ Suite *model_suite(void)
     tcase_add_loop_test(tc, test_scalar_same_bits, 0,
                         (int)(sizeof same_bits_models / sizeof same_bits_models[0]));
     tcase_add_test(tc, test_att_softmax_forms);
+    tcase_add_test(tc, test_narrow_heads);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_bad_calls);
