@@ -324,24 +324,26 @@ typedef float att_vec __attribute__((vector_size(ATT_TB * sizeof(float))));
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 /* sc[j][i] = (sum over d in order of k_j[d] * q_i[d]) * scale, for np
- * positions j (k_j at k + j * k_stride) and ATT_TB rows i (qt[d][i]). */
+ * positions j and ATT_TB rows i (qt[d][i]); the keys kb start at a block
+ * of 8 positions (key d of position j at kb[KV_K(j, d, hd)]), so
+ * ATT_PU = 8 positions are one block. */
+_Static_assert(ATT_PU == 8, "the score kernel takes one key block per step");
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 __attribute__((target_clones("avx2", "default")))
 #endif
 #endif
-static void attn_scores(float *sc, const float *qt, const float *k, size_t k_stride, int32_t np,
-                        int32_t hd, float scale)
+static void attn_scores(float *sc, const float *qt, const float *kb, int32_t np, int32_t hd,
+                        float scale)
 {
     att_vec *out = (att_vec *)sc;
     const att_vec *q = (const att_vec *)qt;
     int32_t j = 0;
     for (; j + ATT_PU <= np; j += ATT_PU) {
-        const float *kj = k + (size_t)j * k_stride;
+        const float *kj = kb + (size_t)j * (size_t)hd;
         att_vec a[ATT_PU]; /* in registers: the u loops are unrolled */
-        for (int u = 0; u < ATT_PU; u++)
-            for (int32_t d = 0; d < hd; d += 16)
-                __builtin_prefetch(kj + (size_t)(u + ATT_PF) * k_stride + (size_t)d);
+        for (int32_t o = 0; o < 8 * hd; o += 16)
+            __builtin_prefetch(kj + (size_t)ATT_PF * (size_t)hd + (size_t)o);
 #pragma GCC unroll 8
         for (int u = 0; u < ATT_PU; u++)
             a[u] = (att_vec){0};
@@ -349,7 +351,7 @@ static void attn_scores(float *sc, const float *qt, const float *k, size_t k_str
             const att_vec qd = q[d];
 #pragma GCC unroll 8
             for (int u = 0; u < ATT_PU; u++) {
-                att_vec prod = qd * kj[(size_t)u * k_stride + (size_t)d];
+                att_vec prod = qd * kj[(size_t)d * 8 + (size_t)u];
                 a[u] = a[u] + prod;
             }
         }
@@ -358,30 +360,93 @@ static void attn_scores(float *sc, const float *qt, const float *k, size_t k_str
             out[j + u] = a[u] * scale;
     }
     for (; j < np; j++) {
-        const float *kj = k + (size_t)j * k_stride;
         att_vec a = {0};
         for (int32_t d = 0; d < hd; d++) {
-            att_vec prod = q[d] * kj[d];
+            att_vec prod = q[d] * kb[KV_K(j, d, hd)];
             a = a + prod;
         }
         out[j] = a * scale;
     }
 }
 
-/* one row's score against np positions, the scalar form of attn_scores */
-static void attn_scores_row(float *sc, const float *q, const float *k, size_t k_stride,
-                            int32_t np, int32_t hd, float scale)
+/* one row's score against np positions, the scalar form of attn_scores
+ * (kb as there) */
+static void attn_scores_row(float *sc, const float *q, const float *kb, int32_t np, int32_t hd,
+                            float scale)
 {
     for (int32_t j = 0; j < np; j++) {
-        const float *kj = k + (size_t)j * k_stride;
         float s = 0.0f;
         for (int32_t d = 0; d < hd; d++) {
-            float prod = kj[d] * q[d];
+            float prod = kb[KV_K(j, d, hd)] * q[d];
             s = s + prod;
         }
         sc[j] = s * scale;
     }
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The scores of one token's nh rows (q[i], hd floats each) against np
+ * positions, into out[i][0..np): the same in-order chains as
+ * attn_scores_row, but a vector lane per position: a key block gives one
+ * dim of 8 positions per load, and 4 blocks x 2 rows of chains run at a
+ * time. For generation, where attn_scores would fill only the lanes of
+ * the kv group's heads. (No FMA in this target: the products and sums
+ * stay unfused.) */
+__attribute__((target("avx2"))) static void attn_scores_tok(float *const *out,
+                                                            const float *const *q, int nh,
+                                                            const float *kb, int32_t np,
+                                                            int32_t hd, float scale)
+{
+    const __m256 vs = _mm256_set1_ps(scale);
+    const int32_t nb = np / 8;
+    const size_t blk = 8 * (size_t)hd; /* floats per key block */
+    for (int h = 0; h < nh; h += 2) {
+        const int h1 = h + 1 < nh ? h + 1 : h;
+        const float *q0 = q[h], *q1 = q[h1];
+        float *o0 = out[h], *o1 = out[h1];
+        int32_t b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            const float *k0 = kb + (size_t)b * blk;
+            __m256 a0[4], a1[4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                a0[u] = a1[u] = _mm256_setzero_ps();
+            for (int32_t d = 0; d < hd; d++) {
+                const __m256 qa = _mm256_set1_ps(q0[d]), qb = _mm256_set1_ps(q1[d]);
+                __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32);
+                __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32 + 16);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) {
+                    const __m256 kv = _mm256_loadu_ps(k0 + (size_t)u * blk + (size_t)d * 8);
+                    a0[u] = _mm256_add_ps(a0[u], _mm256_mul_ps(kv, qa));
+                    a1[u] = _mm256_add_ps(a1[u], _mm256_mul_ps(kv, qb));
+                }
+            }
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                _mm256_storeu_ps(o0 + (size_t)(b + u) * 8, _mm256_mul_ps(a0[u], vs));
+                _mm256_storeu_ps(o1 + (size_t)(b + u) * 8, _mm256_mul_ps(a1[u], vs));
+            }
+        }
+        for (; b < nb; b++) {
+            const float *k0 = kb + (size_t)b * blk;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int32_t d = 0; d < hd; d++) {
+                const __m256 kv = _mm256_loadu_ps(k0 + (size_t)d * 8);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(kv, _mm256_set1_ps(q0[d])));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(kv, _mm256_set1_ps(q1[d])));
+            }
+            _mm256_storeu_ps(o0 + (size_t)b * 8, _mm256_mul_ps(a0, vs));
+            _mm256_storeu_ps(o1 + (size_t)b * 8, _mm256_mul_ps(a1, vs));
+        }
+        if (nb * 8 < np) {
+            attn_scores_row(o0 + nb * 8, q0, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
+            attn_scores_row(o1 + nb * 8, q1, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
+        }
+    }
+}
+#define ATT_SCORES_TOK 1
+#endif
 #pragma GCC pop_options
 
 /* 2^e as a float, for -126 <= e <= 127 */
@@ -766,7 +831,7 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
     ag->hd = hp->n_embd_head;
     ag->n_head = hp->n_head;
     ag->group = hp->n_head / hp->n_head_kv;
-    ag->kv_head = (size_t)c->n_ctx * (size_t)ag->hd;
+    ag->kv_head = kv_ctx8(c) * (size_t)ag->hd;
     ag->n_q = (size_t)ag->n_head * (size_t)ag->hd;
     ag->scale = hp->attn_scale > 0 ? hp->attn_scale : 1.0f / sqrtf((float)ag->hd);
     ag->kc = c->k_cache + kv_at(c, job->il, 0, 0);
@@ -823,10 +888,25 @@ static void attn_chunk(void *arg, int ith, int64_t it)
         if (lim[i] > n_pos_max)
             n_pos_max = lim[i];
     }
+#ifdef ATT_SCORES_TOK
+    if (job->n == 1 && ag.fast) {
+        /* one token: its used lanes are the first ones, every one seeing
+         * all n_pos_max positions */
+        float *srow[ATT_TB];
+        const float *qrow[ATT_TB];
+        int nh = 0;
+        for (; nh < ATT_TB && orow[nh]; nh++) {
+            srow[nh] = rows + (size_t)nh * stride;
+            qrow[nh] = c->q + (size_t)(g * group + hs * hl + nh) * (size_t)hd;
+        }
+        attn_scores_tok(srow, qrow, nh, kc + kv_off, n_pos_max, hd, scale);
+        n_pos_max = 0; /* done */
+    }
+#endif
     /* scores, block by block, into each lane's scratch row */
     for (int32_t pb = 0; pb < n_pos_max; pb += ATT_PB) {
         const int32_t np = n_pos_max - pb < ATT_PB ? n_pos_max - pb : ATT_PB;
-        attn_scores(sc, qt, kc + kv_off + (size_t)pb * (size_t)hd, (size_t)hd, np, hd, scale);
+        attn_scores(sc, qt, kc + kv_off + (size_t)pb * (size_t)hd, np, hd, scale);
         for (int32_t i = 0; i < ATT_TB; i++)
             for (int32_t j = 0; j < np && pb + j < lim[i]; j++)
                 rows[(size_t)i * stride + (size_t)(pb + j)] = sc[j * ATT_TB + i];
@@ -855,8 +935,8 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
     const int32_t n_pos = job->pos0 + t + 1;
     float *w = att_scratch(c, ith);
 
-    attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off,
-                    (size_t)hd, n_pos, hd, ag.scale);
+    attn_scores_row(w, c->q + (size_t)t * n_q + (size_t)h * (size_t)hd, ag.kc + kv_off, n_pos,
+                    hd, ag.scale);
     att_softmax(w, n_pos, ag.fast);
     float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
     const float *wc = w;
@@ -924,25 +1004,33 @@ static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
 void kv_put(moe_ctx *c, int32_t il, int32_t p, int32_t n, const float *k, const float *v)
 {
     const model_hparams *hp = &c->model->hp;
-    const size_t hd = (size_t)hp->n_embd_head, n_kv = (size_t)hp->n_head_kv * hd;
-    for (int32_t g = 0; g < hp->n_head_kv; g++)
+    const int32_t hd = hp->n_embd_head;
+    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
+    for (int32_t g = 0; g < hp->n_head_kv; g++) {
+        float *kh = c->k_cache + kv_at(c, il, g, 0);
         for (int32_t t = 0; t < n; t++) {
-            const size_t at = kv_at(c, il, g, p + t), src = (size_t)t * n_kv + (size_t)g * hd;
-            memcpy(c->k_cache + at, k + src, hd * sizeof(float));
-            memcpy(c->v_cache + at, v + src, hd * sizeof(float));
+            const size_t src = (size_t)t * n_kv + (size_t)g * (size_t)hd;
+            for (int32_t d = 0; d < hd; d++)
+                kh[KV_K(p + t, d, hd)] = k[src + (size_t)d];
+            memcpy(c->v_cache + kv_at(c, il, g, p + t), v + src, (size_t)hd * sizeof(float));
         }
+    }
 }
 
 void kv_get(const moe_ctx *c, int32_t il, int32_t p, int32_t n, float *k, float *v)
 {
     const model_hparams *hp = &c->model->hp;
-    const size_t hd = (size_t)hp->n_embd_head, n_kv = (size_t)hp->n_head_kv * hd;
-    for (int32_t g = 0; g < hp->n_head_kv; g++)
+    const int32_t hd = hp->n_embd_head;
+    const size_t n_kv = (size_t)hp->n_head_kv * (size_t)hd;
+    for (int32_t g = 0; g < hp->n_head_kv; g++) {
+        const float *kh = c->k_cache + kv_at(c, il, g, 0);
         for (int32_t t = 0; t < n; t++) {
-            const size_t at = kv_at(c, il, g, p + t), dst = (size_t)t * n_kv + (size_t)g * hd;
-            memcpy(k + dst, c->k_cache + at, hd * sizeof(float));
-            memcpy(v + dst, c->v_cache + at, hd * sizeof(float));
+            const size_t dst = (size_t)t * n_kv + (size_t)g * (size_t)hd;
+            for (int32_t d = 0; d < hd; d++)
+                k[dst + (size_t)d] = kh[KV_K(p + t, d, hd)];
+            memcpy(v + dst, c->v_cache + kv_at(c, il, g, p + t), (size_t)hd * sizeof(float));
         }
+    }
 }
 
 static void attention(moe_ctx *c, int32_t il, int32_t n)

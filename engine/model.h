@@ -136,8 +136,9 @@ struct moe_ctx {
     int32_t n_batch;
     int32_t pos;          /* tokens in the KV cache */
     int32_t *tok_hist;    /* [n_ctx] the token at each cached position */
-    float *k_cache;       /* [n_layer][n_head_kv][n_ctx][n_embd_head]: kv_at() */
-    float *v_cache;       /* the same */
+    float *k_cache;       /* per layer and kv head, blocks of 8 positions
+                             [n_embd_head][8]: kv_at(), KV_K() */
+    float *v_cache;       /* [n_layer][n_head_kv][n_ctx8][n_embd_head]: kv_at() */
     /* scratch for a batch of up to n_batch tokens */
     float *x;             /* [n_batch][n_embd] residual stream */
     float *xn;            /* [n_batch][n_embd] normed */
@@ -172,15 +173,24 @@ struct moe_ctx {
     struct exit_state *exit; /* early exit / lens / speculation (exit.c), lazy */
 };
 
-/* Where layer il's keys (k_cache) or values (v_cache) of kv head g at
- * position p start: each head's positions lie contiguous, so attention
- * streams them. */
+/* Positions in the KV cache, rounded up to whole 8-position key blocks. */
+static inline size_t kv_ctx8(const moe_ctx *c)
+{
+    return ((size_t)c->n_ctx + 7) & ~(size_t)7;
+}
+/* Where layer il's values (v_cache) of kv head g at position p start: each
+ * head's positions lie contiguous, so attention streams them. Its keys
+ * (k_cache) start at kv_at(c, il, g, 0) too, then key d of position p is at
+ * KV_K(p, d, hd) from there: blocks of 8 positions, each dim's 8 keys side
+ * by side, so a vector holds one dim of 8 positions. */
 static inline size_t kv_at(const moe_ctx *c, int32_t il, int32_t g, int32_t p)
 {
     const model_hparams *hp = &c->model->hp;
-    return (((size_t)il * (size_t)hp->n_head_kv + (size_t)g) * (size_t)c->n_ctx + (size_t)p) *
+    return (((size_t)il * (size_t)hp->n_head_kv + (size_t)g) * kv_ctx8(c) + (size_t)p) *
            (size_t)hp->n_embd_head;
 }
+#define KV_K(p, d, hd) \
+    (((size_t)(p) & ~(size_t)7) * (size_t)(hd) + (size_t)(d) * 8 + ((size_t)(p) & 7))
 /* Copy the keys and values of n positions from p on, as token rows of
  * n_embd_kv floats (kv head after kv head), into layer il's cache
  * (kv_put) or out of it (kv_get). */
