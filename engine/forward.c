@@ -389,61 +389,73 @@ static void attn_scores_row(float *sc, const float *q, const float *kb, int32_t 
  * positions, into out[i][0..np): the same in-order chains as
  * attn_scores_row, but a vector lane per position: a key block gives one
  * dim of 8 positions per load, and 4 blocks x 2 rows of chains run at a
- * time. For generation, where attn_scores would fill only the lanes of
- * the kv group's heads. (No FMA in this target: the products and sums
- * stay unfused.) */
+ * time (1 row for the last of an odd count). For generation, where
+ * attn_scores would fill only the lanes of the kv group's heads. (No FMA
+ * in this target: the products and sums stay unfused.) */
+/* the scores of rows q0 and, when two, q1 (see attn_scores_tok) */
+static inline __attribute__((always_inline, target("avx2"))) void
+scores_tok_rows(float *o0, float *o1, const float *q0, const float *q1, const bool two,
+                const float *kb, int32_t np, int32_t hd, float scale)
+{
+    const __m256 vs = _mm256_set1_ps(scale);
+    const int32_t nb = np / 8;
+    const size_t blk = 8 * (size_t)hd; /* floats per key block */
+    int32_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const float *k0 = kb + (size_t)b * blk;
+        __m256 a0[4], a1[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            a0[u] = a1[u] = _mm256_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m256 qa = _mm256_set1_ps(q0[d]), qb = _mm256_set1_ps(two ? q1[d] : 0.0f);
+            __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32);
+            __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32 + 16);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                const __m256 kv = _mm256_loadu_ps(k0 + (size_t)u * blk + (size_t)d * 8);
+                a0[u] = _mm256_add_ps(a0[u], _mm256_mul_ps(kv, qa));
+                if (two)
+                    a1[u] = _mm256_add_ps(a1[u], _mm256_mul_ps(kv, qb));
+            }
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+            _mm256_storeu_ps(o0 + (size_t)(b + u) * 8, _mm256_mul_ps(a0[u], vs));
+            if (two)
+                _mm256_storeu_ps(o1 + (size_t)(b + u) * 8, _mm256_mul_ps(a1[u], vs));
+        }
+    }
+    for (; b < nb; b++) {
+        const float *k0 = kb + (size_t)b * blk;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m256 kv = _mm256_loadu_ps(k0 + (size_t)d * 8);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(kv, _mm256_set1_ps(q0[d])));
+            if (two)
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(kv, _mm256_set1_ps(q1[d])));
+        }
+        _mm256_storeu_ps(o0 + (size_t)b * 8, _mm256_mul_ps(a0, vs));
+        if (two)
+            _mm256_storeu_ps(o1 + (size_t)b * 8, _mm256_mul_ps(a1, vs));
+    }
+    if (nb * 8 < np) {
+        attn_scores_row(o0 + nb * 8, q0, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
+        if (two)
+            attn_scores_row(o1 + nb * 8, q1, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
+    }
+}
+
 __attribute__((target("avx2"))) static void attn_scores_tok(float *const *out,
                                                             const float *const *q, int nh,
                                                             const float *kb, int32_t np,
                                                             int32_t hd, float scale)
 {
-    const __m256 vs = _mm256_set1_ps(scale);
-    const int32_t nb = np / 8;
-    const size_t blk = 8 * (size_t)hd; /* floats per key block */
-    for (int h = 0; h < nh; h += 2) {
-        const int h1 = h + 1 < nh ? h + 1 : h;
-        const float *q0 = q[h], *q1 = q[h1];
-        float *o0 = out[h], *o1 = out[h1];
-        int32_t b = 0;
-        for (; b + 4 <= nb; b += 4) {
-            const float *k0 = kb + (size_t)b * blk;
-            __m256 a0[4], a1[4];
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-                a0[u] = a1[u] = _mm256_setzero_ps();
-            for (int32_t d = 0; d < hd; d++) {
-                const __m256 qa = _mm256_set1_ps(q0[d]), qb = _mm256_set1_ps(q1[d]);
-                __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32);
-                __builtin_prefetch(k0 + (size_t)ATT_PF * (size_t)hd + (size_t)d * 32 + 16);
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) {
-                    const __m256 kv = _mm256_loadu_ps(k0 + (size_t)u * blk + (size_t)d * 8);
-                    a0[u] = _mm256_add_ps(a0[u], _mm256_mul_ps(kv, qa));
-                    a1[u] = _mm256_add_ps(a1[u], _mm256_mul_ps(kv, qb));
-                }
-            }
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) {
-                _mm256_storeu_ps(o0 + (size_t)(b + u) * 8, _mm256_mul_ps(a0[u], vs));
-                _mm256_storeu_ps(o1 + (size_t)(b + u) * 8, _mm256_mul_ps(a1[u], vs));
-            }
-        }
-        for (; b < nb; b++) {
-            const float *k0 = kb + (size_t)b * blk;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (int32_t d = 0; d < hd; d++) {
-                const __m256 kv = _mm256_loadu_ps(k0 + (size_t)d * 8);
-                a0 = _mm256_add_ps(a0, _mm256_mul_ps(kv, _mm256_set1_ps(q0[d])));
-                a1 = _mm256_add_ps(a1, _mm256_mul_ps(kv, _mm256_set1_ps(q1[d])));
-            }
-            _mm256_storeu_ps(o0 + (size_t)b * 8, _mm256_mul_ps(a0, vs));
-            _mm256_storeu_ps(o1 + (size_t)b * 8, _mm256_mul_ps(a1, vs));
-        }
-        if (nb * 8 < np) {
-            attn_scores_row(o0 + nb * 8, q0, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
-            attn_scores_row(o1 + nb * 8, q1, kb + (size_t)nb * blk, np - nb * 8, hd, scale);
-        }
-    }
+    int h = 0;
+    for (; h + 2 <= nh; h += 2)
+        scores_tok_rows(out[h], out[h + 1], q[h], q[h + 1], true, kb, np, hd, scale);
+    if (h < nh)
+        scores_tok_rows(out[h], NULL, q[h], NULL, false, kb, np, hd, scale);
 }
 #define ATT_SCORES_TOK 1
 #endif
