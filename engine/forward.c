@@ -1188,22 +1188,42 @@ static void down_exact_chunk(void *arg, int ith, int64_t ch)
     }
 }
 
+/* The tasks of expert tensor w (and, when w2 is not NULL, of w2 right
+ * after each of w's, so gate and up of one expert sit side by side) for
+ * every expert used in this batch:
+ * its exp_count[e] activation rows start at slot_start[e] (rows of rb
+ * bytes in act), its outputs at that slot of out (out2), n_out floats a
+ * row. Fills tasks and returns their count. */
+static int expert_tasks(const moe_ctx *c, const mtensor *w, const mtensor *w2, const void *act,
+                        size_t rb, const int32_t *slot_start, float *out, float *out2,
+                        int64_t n_out, mm_task *tasks)
+{
+    int n_tasks = 0;
+    for (int32_t e = 0; e < c->model->hp.n_expert; e++) {
+        const int32_t cnt = c->exp_count[e];
+        const void *a = (const char *)act + (size_t)slot_start[e] * rb;
+        const size_t o = (size_t)slot_start[e] * (size_t)n_out;
+        if (!cnt)
+            continue;
+        tasks[n_tasks++] = mm_make_expert(w, e, a, rb, cnt, out + o, n_out);
+        if (w2)
+            tasks[n_tasks++] = mm_make_expert(w2, e, a, rb, cnt, out2 + o, n_out);
+    }
+    return n_tasks;
+}
+
 /* the routed experts' down projections, then their weighted sum per token */
 static void ffn_moe_down(moe_ctx *c, const model_layer *L, int32_t n, int32_t n_slots,
                          const int32_t *slot_start)
 {
-    const int32_t ne = c->model->hp.n_expert, ns = c->n_sel;
+    const int32_t ns = c->n_sel;
     const int64_t n_embd = c->model->hp.n_embd, nf = c->model->hp.n_ff_exp;
     mm_task tasks[MM_MAX_TASKS];
-    int n_tasks = 0;
     size_t rb;
     const void *act = act_convert(c, L->down_exps.type, c->hb, n_slots, nf, c->act_q, &rb);
-    for (int32_t e = 0; e < ne; e++)
-        if (c->exp_count[e])
-            tasks[n_tasks++] = mm_make_expert(
-                &L->down_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
-                c->exp_count[e], c->y_gather + (size_t)slot_start[e] * n_embd, n_embd);
-    mm_run(c, tasks, n_tasks);
+    mm_run(c, tasks,
+           expert_tasks(c, &L->down_exps, NULL, act, rb, slot_start, c->y_gather, NULL, n_embd,
+                        tasks));
 
     /* weighted sum back per token, in choice order like the reference */
     {
@@ -1220,7 +1240,7 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
     const int32_t ne = hp->n_expert, ns = c->n_sel;
     const int64_t n_embd = hp->n_embd, nf = hp->n_ff_exp;
     mm_task tasks[MM_MAX_TASKS];
-    int n_tasks = 0;
+    const bool same = L->up_exps.type == L->gate_exps.type;
     int32_t n_slots = 0;
     int32_t *slot_start = c->exp_start;
     size_t rb;
@@ -1252,28 +1272,13 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
 
     /* gate and up for every used expert in one dispatch */
     act = act_convert(c, L->gate_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
-    for (int32_t e = 0; e < ne; e++) {
-        int32_t cnt = c->exp_count[e];
-        const void *a;
-        if (!cnt)
-            continue;
-        a = (const char *)act + (size_t)slot_start[e] * rb;
-        tasks[n_tasks++] = mm_make_expert(&L->gate_exps, e, a, rb, cnt,
-                                          c->hb + (size_t)slot_start[e] * nf, nf);
-        if (L->up_exps.type == L->gate_exps.type)
-            tasks[n_tasks++] = mm_make_expert(&L->up_exps, e, a, rb, cnt,
-                                              c->hb2 + (size_t)slot_start[e] * nf, nf);
-    }
-    mm_run(c, tasks, n_tasks);
-    if (L->up_exps.type != L->gate_exps.type) {
-        n_tasks = 0;
+    mm_run(c, tasks,
+           expert_tasks(c, &L->gate_exps, same ? &L->up_exps : NULL, act, rb, slot_start,
+                        c->hb, c->hb2, nf, tasks));
+    if (!same) {
         act = act_convert(c, L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
-        for (int32_t e = 0; e < ne; e++)
-            if (c->exp_count[e])
-                tasks[n_tasks++] = mm_make_expert(
-                    &L->up_exps, e, (const char *)act + (size_t)slot_start[e] * rb, rb,
-                    c->exp_count[e], c->hb2 + (size_t)slot_start[e] * nf, nf);
-        mm_run(c, tasks, n_tasks);
+        mm_run(c, tasks,
+               expert_tasks(c, &L->up_exps, NULL, act, rb, slot_start, c->hb2, NULL, nf, tasks));
     }
     {
         swiglu_job sj = {{0, 0}, c->hb, c->hb2, nf};
