@@ -114,6 +114,9 @@ moe_model *cli_load_model_as(const char *cmd, const char *path, int n_threads,
 /* "auto", "mmap" or "copy" to *out; false (with a one-line error naming
  * what, e.g. "--load" or "MOE_LOAD") for anything else. */
 bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_mode *out);
+/* The load mode MOE_LOAD asks for (auto when unset or empty); false, with
+ * the error printed, when it names none. */
+bool cli_env_load(const char *cmd, moe_load_mode *out);
 /* Tokenize len bytes; *ids is malloc'd (caller frees, may be non-NULL even
  * when *n == 0). Prints the error and returns false on failure. */
 bool cli_tokenize(const char *cmd, const moe_model *model, const char *text,

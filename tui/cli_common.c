@@ -217,11 +217,17 @@ bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_m
     return false;
 }
 
-moe_model *cli_load_model(const char *cmd, const char *path, int n_threads)
+bool cli_env_load(const char *cmd, moe_load_mode *out)
 {
     const char *env = getenv("MOE_LOAD");
-    moe_load_mode load = MOE_LOAD_AUTO;
-    if (env && *env && !cli_parse_load(cmd, "MOE_LOAD", env, &load))
+    *out = MOE_LOAD_AUTO;
+    return !env || !*env || cli_parse_load(cmd, "MOE_LOAD", env, out);
+}
+
+moe_model *cli_load_model(const char *cmd, const char *path, int n_threads)
+{
+    moe_load_mode load;
+    if (!cli_env_load(cmd, &load))
         return NULL;
     return cli_load_model_as(cmd, path, n_threads, load);
 }

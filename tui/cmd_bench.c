@@ -69,8 +69,7 @@ int cmd_bench(int argc, char **argv)
     const char *path = NULL;
     int n_threads = 0, n_prompt = 128, n_gen = 64, depth = 0, reps = 3, n_toks, c;
     int rc = CLI_EXIT_FAIL;
-    const char *env_load = getenv("MOE_LOAD");
-    moe_load_mode load = MOE_LOAD_AUTO;
+    moe_load_mode load;
     bool json = false, trace = false;
     moe_model *model = NULL;
     moe_ctx *ctx = NULL;
@@ -87,7 +86,7 @@ int cmd_bench(int argc, char **argv)
     bool do_spec = false;
     cli_spec_bench_result sr = {0};
 
-    if (env_load && *env_load && !cli_parse_load(bench_cmd, "MOE_LOAD", env_load, &load))
+    if (!cli_env_load(bench_cmd, &load))
         return CLI_EXIT_USAGE;
     while ((c = getopt_long(argc, argv, ":m:t:p:n:d:h", opts, NULL)) != -1) {
         switch (c) {
