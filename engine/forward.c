@@ -385,13 +385,6 @@ static void attn_scores_row(float *sc, const float *q, const float *kb, int32_t 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* The scores of one token's nh rows (q[i], hd floats each) against np
- * positions, into out[i][0..np): the same in-order chains as
- * attn_scores_row, but a vector lane per position: a key block gives one
- * dim of 8 positions per load, and 4 blocks x 2 rows of chains run at a
- * time (1 row for the last of an odd count). For generation, where
- * attn_scores would fill only the lanes of the kv group's heads. (No FMA
- * in this target: the products and sums stay unfused.) */
 /* the scores of rows q0 and, when two, q1 (see attn_scores_tok) */
 static inline __attribute__((always_inline, target("avx2"))) void
 scores_tok_rows(float *o0, float *o1, const float *q0, const float *q1, const bool two,
@@ -446,6 +439,13 @@ scores_tok_rows(float *o0, float *o1, const float *q0, const float *q1, const bo
     }
 }
 
+/* The scores of one token's nh rows (q[i], hd floats each) against np
+ * positions, into out[i][0..np): the same in-order chains as
+ * attn_scores_row, but a vector lane per position: a key block gives one
+ * dim of 8 positions per load, and 4 blocks x 2 rows of chains run at a
+ * time (1 row for the last of an odd count). For generation, where
+ * attn_scores would fill only the lanes of the kv group's heads. (No FMA
+ * in this target: the products and sums stay unfused.) */
 __attribute__((target("avx2"))) static void attn_scores_tok(float *const *out,
                                                             const float *const *q, int nh,
                                                             const float *kb, int32_t np,
@@ -887,6 +887,7 @@ static void attn_chunk(void *arg, int ith, int64_t it)
     const float *wrow[ATT_TB];
     int32_t lim[ATT_TB]; /* positions lane i sees; 0 = unused lane */
     int32_t n_pos_max = 0;
+    bool scored = false; /* by the single-token kernel */
 
     for (int32_t i = 0; i < ATT_TB; i++) {
         const int32_t t = t0 + i / hl, hi = hs * hl + i % hl;
@@ -912,11 +913,11 @@ static void attn_chunk(void *arg, int ith, int64_t it)
             qrow[nh] = c->q + (size_t)(g * group + hs * hl + nh) * (size_t)hd;
         }
         attn_scores_tok(srow, qrow, nh, kc + kv_off, n_pos_max, hd, scale);
-        n_pos_max = 0; /* done */
+        scored = true;
     }
 #endif
     /* scores, block by block, into each lane's scratch row */
-    for (int32_t pb = 0; pb < n_pos_max; pb += ATT_PB) {
+    for (int32_t pb = 0; !scored && pb < n_pos_max; pb += ATT_PB) {
         const int32_t np = n_pos_max - pb < ATT_PB ? n_pos_max - pb : ATT_PB;
         attn_scores(sc, qt, kc + kv_off + (size_t)pb * (size_t)hd, np, hd, scale);
         for (int32_t i = 0; i < ATT_TB; i++)
@@ -1190,10 +1191,9 @@ static void down_exact_chunk(void *arg, int ith, int64_t ch)
 
 /* The tasks of expert tensor w (and, when w2 is not NULL, of w2 right
  * after each of w's, so gate and up of one expert sit side by side) for
- * every expert used in this batch:
- * its exp_count[e] activation rows start at slot_start[e] (rows of rb
- * bytes in act), its outputs at that slot of out (out2), n_out floats a
- * row. Fills tasks and returns their count. */
+ * every expert used in this batch: its exp_count[e] activation rows start
+ * at slot_start[e] (rows of rb bytes in act), its outputs at that slot of
+ * out (out2), n_out floats a row. Fills tasks and returns their count. */
 static int expert_tasks(const moe_ctx *c, const mtensor *w, const mtensor *w2, const void *act,
                         size_t rb, const int32_t *slot_start, float *out, float *out2,
                         int64_t n_out, mm_task *tasks)

@@ -645,7 +645,8 @@ moe_status gguf_open_buffer(const void *data, size_t size, gguf_ctx **out)
 }
 
 /* the file's bytes into anonymous memory (size rounded up to 2 MiB, the
- * huge page), read-only afterwards; MAP_FAILED and errno on failure */
+ * huge page), read-only afterwards, its length in *map_size; MAP_FAILED
+ * and the error in *st on failure */
 #define GGUF_HUGE_PAGE ((size_t)2 << 20)
 static void *read_copy(int fd, size_t size, size_t *map_size, const char *path, moe_status *st)
 {

@@ -662,7 +662,7 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
         n_hidden = (size_t)c->n_sel * (size_t)hp->n_ff_exp;
     if ((size_t)hp->n_ff_shexp > n_hidden)
         n_hidden = (size_t)hp->n_ff_shexp;
-    kv_elems = (size_t)hp->n_layer * (((size_t)p.n_ctx + 7) & ~(size_t)7) * n_kv; /* kv_ctx8 */
+    kv_elems = (size_t)hp->n_layer * kv_ctx8(c) * n_kv;
     max_in = n_hidden > n_q ? n_hidden : n_q;
     if (max_in < (size_t)hp->n_embd)
         max_in = (size_t)hp->n_embd;
