@@ -430,19 +430,15 @@ static void decode_sb(moe_model *model, const int32_t *toks, int32_t n_vocab, fl
 /* every SIMD kernel set this CPU has, each against the scalar pass */
 static const char *const same_bits_ksets[] = {"avx512-vnni", "avx2"};
 
-START_TEST(test_scalar_same_bits)
+/* Decode the SB_N-token pass of model once with the scalar kernels and
+ * once with each SIMD kernel set the CPU has; every logit must have the
+ * same bits. name labels the messages. */
+static void check_same_bits(moe_model *model, const char *name)
 {
-    char path[1024];
-    moe_model *model;
-    moe_model_params mp = moe_model_default_params();
     moe_model_info info;
     int32_t toks[SB_N];
     float *fast, *ref;
     int n_sets = 0;
-    if (!tu_shared(path, sizeof path, same_bits_models[_i], "scalar vs fast"))
-        return;
-    mp.n_threads = 2;
-    ck_assert_msg(moe_model_load(path, &mp, &model) == MOE_OK, "%s", moe_last_error());
     moe_model_get_info(model, &info);
     for (int i = 0; i < SB_N; i++)
         toks[i] = (int32_t)((i * 7919 + 3) % info.n_vocab);
@@ -466,19 +462,30 @@ START_TEST(test_scalar_same_bits)
                 float a = fast[(size_t)i * (size_t)info.n_vocab + (size_t)v];
                 float b = ref[(size_t)i * (size_t)info.n_vocab + (size_t)v];
                 ck_assert_msg(memcmp(&a, &b, sizeof a) == 0,
-                              "%s: position %d token %d: %s kernels %a, scalar %a",
-                              same_bits_models[_i], i, v, kname, a, b);
+                              "%s: position %d token %d: %s kernels %a, scalar %a", name, i, v,
+                              kname, a, b);
             }
-        printf("scalar vs fast (%s): %s: %d positions x %d logits, same bits\n", kname,
-               same_bits_models[_i], SB_N, info.n_vocab);
+        printf("scalar vs fast (%s): %s: %d positions x %d logits, same bits\n", kname, name,
+               SB_N, info.n_vocab);
         n_sets++;
     }
     if (n_sets == 0)
-        printf("SKIP scalar vs fast: %s: this CPU has no SIMD kernel set\n",
-               same_bits_models[_i]);
+        printf("SKIP scalar vs fast: %s: this CPU has no SIMD kernel set\n", name);
     fflush(stdout);
     free(fast);
     free(ref);
+}
+
+START_TEST(test_scalar_same_bits)
+{
+    char path[1024];
+    moe_model *model;
+    moe_model_params mp = moe_model_default_params();
+    if (!tu_shared(path, sizeof path, same_bits_models[_i], "scalar vs fast"))
+        return;
+    mp.n_threads = 2;
+    ck_assert_msg(moe_model_load(path, &mp, &model) == MOE_OK, "%s", moe_last_error());
+    check_same_bits(model, same_bits_models[_i]);
     moe_model_free(model);
 }
 END_TEST
@@ -492,24 +499,11 @@ START_TEST(test_narrow_heads)
     char path[512];
     moe_model *model;
     moe_model_params mp = moe_model_default_params();
-    int32_t toks[SB_N];
-    float *fast, *ref;
     tu_tmp_path(path, sizeof path, "narrow-heads.gguf");
     ck_assert_msg(synth_write(&narrow, MOE_TYPE_F32, 7, path, NULL, NULL) == MOE_OK, "%s",
                   moe_last_error());
     ck_assert(moe_model_load(path, &mp, &model) == MOE_OK);
-    for (int i = 0; i < SB_N; i++)
-        toks[i] = (int32_t)((i * 7919 + 3) % 300);
-    fast = malloc((size_t)SB_N * 300 * sizeof(float));
-    ref = malloc((size_t)SB_N * 300 * sizeof(float));
-    ck_assert(fast && ref);
-    decode_sb(model, toks, 300, fast);
-    quant_force_scalar(true);
-    decode_sb(model, toks, 300, ref);
-    quant_force_scalar(false);
-    ck_assert(memcmp(fast, ref, (size_t)SB_N * 300 * sizeof(float)) == 0);
-    free(fast);
-    free(ref);
+    check_same_bits(model, "synth head dim 4");
     moe_model_free(model);
     unlink(path);
 }
