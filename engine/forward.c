@@ -1232,6 +1232,22 @@ static void ffn_moe_down(moe_ctx *c, const model_layer *L, int32_t n, int32_t n_
     }
 }
 
+/* The routed experts' input: each token's normed row (xn) converted once
+ * for weights of type t, then copied to every slot the token has, in rows
+ * of *rb bytes grouped by expert (x_gather; a converted row is never
+ * larger than the float row). Decoding a token thus converts one row, not
+ * one per chosen expert; the rows are the same bytes either way. */
+static const void *expert_input(moe_ctx *c, moe_type t, int32_t n, size_t *rb)
+{
+    const int32_t ns = c->n_sel;
+    const char *tok = act_convert(c, t, c->xn, n, c->model->hp.n_embd, c->act_q, rb);
+    char *dst = (char *)c->x_gather;
+    for (int32_t k = 0; k < n; k++)
+        for (int32_t j = 0; j < c->n_sel_tok[k]; j++)
+            memcpy(dst + (size_t)c->slot_of[k * ns + j] * *rb, tok + (size_t)k * *rb, *rb);
+    return dst;
+}
+
 static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
 {
     const moe_model *m = c->model;
@@ -1266,17 +1282,15 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
             int32_t e = c->sel[t * ns + j];
             int32_t s = slot_start[e] + c->exp_count[e]++;
             c->slot_of[t * ns + j] = s;
-            memcpy(c->x_gather + (size_t)s * n_embd, c->xn + (size_t)t * n_embd,
-                   (size_t)n_embd * sizeof(float));
         }
 
     /* gate and up for every used expert in one dispatch */
-    act = act_convert(c, L->gate_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+    act = expert_input(c, L->gate_exps.type, n, &rb);
     mm_run(c, tasks,
            expert_tasks(c, &L->gate_exps, same ? &L->up_exps : NULL, act, rb, slot_start,
                         c->hb, c->hb2, nf, tasks));
     if (!same) {
-        act = act_convert(c, L->up_exps.type, c->x_gather, n_slots, n_embd, c->act_q, &rb);
+        act = expert_input(c, L->up_exps.type, n, &rb);
         mm_run(c, tasks,
                expert_tasks(c, &L->up_exps, NULL, act, rb, slot_start, c->hb2, NULL, nf, tasks));
     }
