@@ -683,6 +683,8 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     c->ffn_out = xcalloc(nb * (size_t)hp->n_embd, sizeof(float), &ok);
     c->hb = xcalloc(nb * n_hidden, sizeof(float), &ok);
     c->hb2 = xcalloc(nb * n_hidden, sizeof(float), &ok);
+    c->rope_cs = xcalloc(nb * (size_t)(hp->n_rot > 0 ? hp->n_rot : 1), sizeof(float), &ok);
+    c->rope_p0 = -1;
     if (hp->n_expert > 0) {
         size_t ne = (size_t)hp->n_expert, nu = (size_t)c->n_sel;
         c->router_logits = xcalloc(nb * ne, sizeof(float), &ok);
@@ -730,6 +732,7 @@ void moe_ctx_free(moe_ctx *c)
     free(c->ffn_out);
     free(c->hb);
     free(c->hb2);
+    free(c->rope_cs);
     free(c->router_logits);
     free(c->router_probs);
     free(c->sel);

@@ -150,6 +150,9 @@ struct moe_ctx {
     float *ffn_out;       /* [n_batch][n_embd] */
     float *hb;            /* [n_batch][max(n_ff, n_sel*n_ff_exp, n_ff_shexp)] */
     float *hb2;           /* same */
+    float *rope_cs;       /* [n_batch][n_rot/2][cos, sin] of positions rope_p0.. */
+    int32_t rope_p0;      /* first position in rope_cs (-1: none yet) */
+    int32_t rope_n;       /* positions in rope_cs */
     struct trace_store *trace; /* NULL when tracing is off */
     struct route_lab *route;   /* router lab state (router.c); NULL = none */
     float *router_logits; /* [n_batch][n_expert] */

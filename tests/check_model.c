@@ -359,9 +359,13 @@ static void check_incremental(const char *rel, int n_threads)
                           "%s: pos %d token %d batch %.6f vs single %.6f", rel, i, v, la[v],
                           lb[v]);
     }
-    /* truncate and redo the tail */
+    /* truncate and redo the tail: first one token, then (truncated again
+     * to the same position) as a batch, which must not reuse what was
+     * derived for the single token at that position (rope angles) */
     moe_ctx_truncate(b, 20);
     ck_assert_int_eq(moe_ctx_pos(b), 20);
+    ck_assert(moe_ctx_decode(b, &toks[20], 1, false) == MOE_OK);
+    moe_ctx_truncate(b, 20);
     ck_assert(moe_ctx_decode(b, &toks[20], 20, false) == MOE_OK);
     {
         const float *la = moe_ctx_logits(a, 39), *lb = moe_ctx_logits(b, -1);
