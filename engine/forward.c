@@ -263,37 +263,40 @@ static void add_bias(float *y, const mtensor *b, int64_t n, int64_t rows)
             y[j * rows + i] += bv[i];
 }
 
-/* cos and sin of every rotated pair for positions p0 .. p0+n-1 into
- * c->rope_cs (n <= n_batch), unless it holds them already: the angles
- * depend on the position only, so one table serves every head of every
- * layer. Angle of pair i: pos * theta_scale^i, the power built by repeated
- * multiplication. */
+void forward_rope_angles(int32_t pos, int32_t n_rot, float base, float *cs, float *sn)
+{
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float theta = (float)pos;
+    for (int32_t i = 0; i < n_rot / 2; i++) {
+        cs[i] = cosf(theta);
+        sn[i] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+/* The RoPE angles of positions p0 .. p0+n-1 into c->rope_cs (n <= n_batch;
+ * per position n_rot / 2 cosines, then as many sines), unless it holds them
+ * already: they depend on the position only, so one table serves every
+ * head of every layer. */
 static void rope_table(moe_ctx *c, int32_t p0, int32_t n)
 {
     const model_hparams *hp = &c->model->hp;
-    const int32_t half = hp->n_rot / 2;
-    const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)hp->n_rot);
     if (c->rope_p0 == p0 && c->rope_n >= n)
         return;
     if (n > c->n_batch) /* callers pass at most a batch */
         n = c->n_batch;
     for (int32_t t = 0; t < n; t++) {
         float *cs = c->rope_cs + (size_t)t * (size_t)hp->n_rot;
-        float theta = (float)(p0 + t);
-        for (int32_t i = 0; i < half; i++) {
-            cs[2 * i] = cosf(theta);
-            cs[2 * i + 1] = sinf(theta);
-            theta *= theta_scale;
-        }
+        forward_rope_angles(p0 + t, hp->n_rot, hp->rope_freq_base, cs, cs + hp->n_rot / 2);
     }
     c->rope_p0 = p0;
     c->rope_n = n;
 }
 
 /* Rotate the first n_rot dims of each of n_heads heads of one token by the
- * angles cs (rope_table). */
+ * angles cs (cosines), sn (sines) of rope_table. */
 static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind kind,
-                 const float *cs)
+                 const float *cs, const float *sn)
 {
     for (int32_t h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * (size_t)hd;
@@ -301,8 +304,8 @@ static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind
             int32_t a = kind == ROPE_NEOX ? i : 2 * i;
             int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
             float x0 = v[a], x1 = v[b];
-            v[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
-            v[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+            v[a] = x0 * cs[i] - x1 * sn[i];
+            v[b] = x0 * sn[i] + x1 * cs[i];
         }
     }
 }
@@ -1035,10 +1038,10 @@ static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
             for (int32_t h = 0; h < hp->n_head_kv; h++)
                 rmsnorm(k + h * hd, k + h * hd, L->k_norm.data, hd, hp->norm_eps);
         }
-        const float *cs = c->rope_cs + (size_t)t * (size_t)hp->n_rot;
+        const float *cs = c->rope_cs + (size_t)t * (size_t)hp->n_rot, *sn = cs + hp->n_rot / 2;
         if (want_q)
-            rope(q, hp->n_head, hd, hp->n_rot, hp->rope, cs);
-        rope(k, hp->n_head_kv, hd, hp->n_rot, hp->rope, cs);
+            rope(q, hp->n_head, hd, hp->n_rot, hp->rope, cs, sn);
+        rope(k, hp->n_head_kv, hd, hp->n_rot, hp->rope, cs, sn);
     }
     kv_put(c, il, c->pos, n, c->k, c->v);
 }

@@ -150,7 +150,7 @@ struct moe_ctx {
     float *ffn_out;       /* [n_batch][n_embd] */
     float *hb;            /* [n_batch][max(n_ff, n_sel*n_ff_exp, n_ff_shexp)] */
     float *hb2;           /* same */
-    float *rope_cs;       /* [n_batch][n_rot/2][cos, sin] of positions rope_p0.. */
+    float *rope_cs;       /* [n_batch][cos x n_rot/2, sin x n_rot/2] of positions rope_p0.. */
     int32_t rope_p0;      /* first position in rope_cs (-1: none yet) */
     int32_t rope_n;       /* positions in rope_cs */
     struct trace_store *trace; /* NULL when tracing is off */
@@ -218,5 +218,10 @@ void forward_head(moe_ctx *ctx, const float *x, int32_t n_out, float *logits);
  * fast is true and the CPU has it, else the plain one (tests compare the
  * two). */
 void forward_att_softmax(float *w, int32_t n, bool fast);
+/* RoPE angles of position pos: cos and sin of pos * theta_scale^i for the
+ * n_rot / 2 rotated pairs, theta_scale = base^(-2 / n_rot) and its powers
+ * built by repeated multiplication (the inference and training passes both
+ * take them from here, so they rotate alike). */
+void forward_rope_angles(int32_t pos, int32_t n_rot, float base, float *cs, float *sn);
 
 #endif

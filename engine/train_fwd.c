@@ -181,20 +181,10 @@ moe_status train_reserve(moe_trainer *t, int32_t n_seq, int32_t T)
         train_free_bufs(t);
         return moe_fail(MOE_ERR_NOMEM, "train: out of memory for a %d x %d batch", n_seq, T);
     }
-    /* RoPE tables, computed as the engine does (float theta, repeated
-     * multiplication by base^(-2/n_rot)) so logits agree closely */
-    {
-        const int32_t n_rot = t->n_embd_head;
-        const float theta_scale = powf(c->rope_freq_base, -2.0f / (float)n_rot);
-        for (int32_t pos = 0; pos < T; pos++) {
-            float theta = (float)pos;
-            for (int32_t i = 0; i < n_rot / 2; i++) {
-                t->rope_cos[(size_t)pos * hd + (size_t)i] = cosf(theta);
-                t->rope_sin[(size_t)pos * hd + (size_t)i] = sinf(theta);
-                theta *= theta_scale;
-            }
-        }
-    }
+    /* RoPE tables, the inference pass's angles so logits agree closely */
+    for (int32_t pos = 0; pos < T; pos++)
+        forward_rope_angles(pos, t->n_embd_head, c->rope_freq_base,
+                            t->rope_cos + (size_t)pos * hd, t->rope_sin + (size_t)pos * hd);
     t->cap_seq = n_seq;
     t->cap_t = T;
     return MOE_OK;
