@@ -211,12 +211,15 @@ static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t
     t.n_act = n_act;
     t.out = out;
     t.out_stride = out_stride;
-    t.expert = false;
+    /* the reference's tile kernel takes float weights only in whole groups
+     * of 4 rows; others (an output head of 509 rows, say) go through its
+     * vector dot, whose order quant_gemm_expert follows */
+    t.expert = w->ne[1] % 4 != 0;
     return t;
 }
 
 /* mm_make for one routed expert's matrix (the reference runs these through
- * its per-expert path, whose f16/bf16 summation order differs) */
+ * its per-expert path, whose f32/f16/bf16 summation order differs) */
 static mm_task mm_make_expert(const mtensor *w, int64_t expert, const void *act,
                               size_t act_row_bytes, int64_t n_act, float *out,
                               int64_t out_stride)
@@ -294,7 +297,16 @@ static void rope_table(moe_ctx *c, int32_t p0, int32_t n)
 }
 
 /* Rotate the first n_rot dims of each of n_heads heads of one token by the
- * angles cs (cosines), sn (sines) of rope_table. */
+ * angles cs (cosines), sn (sines) of rope_table. The reference's compiler
+ * fuses each pair's first product into the subtraction or addition
+ * (x0 c - x1 s and x0 s + x1 c as fma(x0, c, -(x1 s)) and fma(x0, s,
+ * x1 c)); tiny-dense-llama's logits are bit-identical to its only so. The
+ * FMA clone has the instruction; the default one calls the C library. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+__attribute__((target_clones("fma", "default")))
+#endif
+#endif
 static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind kind,
                  const float *cs, const float *sn)
 {
@@ -304,16 +316,12 @@ static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind
             int32_t a = kind == ROPE_NEOX ? i : 2 * i;
             int32_t b = kind == ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
             float x0 = v[a], x1 = v[b];
-            v[a] = x0 * cs[i] - x1 * sn[i];
-            v[b] = x0 * sn[i] + x1 * cs[i];
+            v[a] = fmaf(x0, cs[i], -(x1 * sn[i]));
+            v[b] = fmaf(x0, sn[i], x1 * cs[i]);
         }
     }
 }
 
-static inline float silu(float x)
-{
-    return x / (1.0f + expf(-x));
-}
 
 /* ---- attention --------------------------------------------------------- */
 
@@ -808,6 +816,59 @@ void forward_att_softmax(float *w, int32_t n, bool fast)
     att_softmax(w, n, fast && att_fast());
 }
 
+/* SwiGLU of one row, g[i] = silu(g[i]) * u[i] for i < n, as the reference
+ * computes it: blocks of 16 with its vector exponential (att_vexp), silu =
+ * x / (1 + e^(0 - x)); the n % 16 tail with the C library's expf. With
+ * all_vec the tail too takes the vector form: EMoE experts, whose rows are
+ * pieces of a dense row most of which took that form (see
+ * down_exact_chunk). */
+static void swiglu_row_ref(float *g, const float *u, int64_t n, bool all_vec)
+{
+    const int64_t nv = all_vec ? n : n - n % 16;
+    int64_t i = 0;
+    for (; i < nv; i++)
+        g[i] = g[i] / (1.0f + att_vexp(0.0f - g[i])) * u[i];
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+#ifdef ATT_WSUM_X86
+__attribute__((target("avx2,fma"))) static void swiglu_row_fma(float *g, const float *u,
+                                                               int64_t n, bool all_vec)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const int64_t nv = n - n % 16;
+    int64_t i = 0;
+    for (; i < nv; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = att_vexp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + i)));
+    }
+    if (all_vec)
+        for (; i < n; i++)
+            g[i] = g[i] / (1.0f + att_vexp(0.0f - g[i])) * u[i];
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+#endif
+
+/* swiglu_row_* over n rows of n_ff */
+static void swiglu_rows(float *g, const float *u, int64_t n, int64_t n_ff, bool fast,
+                        bool all_vec)
+{
+    for (int64_t r = 0; r < n; r++) {
+#ifdef ATT_WSUM_X86
+        if (fast) {
+            swiglu_row_fma(g + r * n_ff, u + r * n_ff, n_ff, all_vec);
+            continue;
+        }
+#endif
+        swiglu_row_ref(g + r * n_ff, u + r * n_ff, n_ff, all_vec);
+    }
+    (void)fast;
+}
+
 /* att_wsum_ref for each used lane, or att_wsum_fma for all of them */
 static void att_wsum(float *const *o, const float *const *w, const int32_t *lim, int n_lanes,
                      const float *v, size_t v_stride, int32_t hd, bool fast)
@@ -1131,8 +1192,7 @@ static void ffn_dense(moe_ctx *c, const mtensor *wg, const mtensor *wu, const mt
         mm_run(c, tasks, 1);
         matmul(c, wu, xn, n, c->hb2);
     }
-    for (int64_t i = 0; i < (int64_t)n * n_ff; i++)
-        c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    swiglu_rows(c->hb, c->hb2, n, n_ff, att_fast(), false);
     matmul(c, wd, c->hb, n, out);
 }
 
@@ -1145,6 +1205,8 @@ typedef struct {
     float *hb;
     const float *hb2;
     int64_t n_ff;
+    bool fast;    /* att_fast() */
+    bool all_vec; /* swiglu_row_ref */
 } swiglu_job;
 
 static void swiglu_chunk(void *arg, int ith, int64_t ch)
@@ -1153,8 +1215,8 @@ static void swiglu_chunk(void *arg, int ith, int64_t ch)
     int64_t r0, r1;
     (void)ith;
     rows_range(&job->part, ch, &r0, &r1);
-    for (int64_t i = r0 * job->n_ff; i < r1 * job->n_ff; i++)
-        job->hb[i] = silu(job->hb[i]) * job->hb2[i];
+    swiglu_rows(job->hb + r0 * job->n_ff, job->hb2 + r0 * job->n_ff, r1 - r0, job->n_ff,
+                job->fast, job->all_vec);
 }
 
 /* o[i] += w * y[i]: multiply, then add (element by element, so vectors
@@ -1195,8 +1257,9 @@ static void wsum_chunk(void *arg, int ith, int64_t ch)
  * selected experts' down projections and their weighted sum in one double
  * accumulation per output (quant_dot_f32_wide), rounded once. The dense f32
  * dot over n_ff is that double sum too when n_ff is no multiple of 16, so
- * with K = N the converted layer gives the dense layer's bits instead of
- * one float rounding per expert piece. */
+ * with K = N the converted layer's down projection gives the dense one's
+ * bits for the same inputs instead of one float rounding per expert piece
+ * (the inputs differ in the last bit now and then: swiglu_row_ref). */
 typedef struct {
     rows_part part;
     moe_ctx *c;
@@ -1335,7 +1398,7 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
                expert_tasks(c, &L->up_exps, NULL, act, rb, slot_start, c->hb2, NULL, nf, tasks));
     }
     {
-        swiglu_job sj = {{0, 0}, c->hb, c->hb2, nf};
+        swiglu_job sj = {{0, 0}, c->hb, c->hb2, nf, att_fast(), hp->unweighted};
         rows_run(c, &sj.part, n_slots, nf * SWIGLU_WORK, 4, swiglu_chunk, &sj);
     }
 

@@ -776,7 +776,8 @@ static void quantize_ref(moe_type t, const float *src, void *dst, int64_t n)
  *   q4_k:  (repacked on x86) per super-block whole integer sums;
  *          acc = fma((float)isum, d_w*d_a, acc), accm = fma((float)imin,
  *          dmin_w*d_a, accm); result acc - accm.
- *   f32:   16 lanes, one accumulator, fma, tree sum (n % 16 == 0).
+ *   f32:   16 lanes, one accumulator, fma, tree sum (n % 16 == 0); in
+ *          the expert order see dot_f32_expert.
  *   f16/bf16: see dot_f16 below (dense and expert orders differ).
  *   quant_hsum8(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7)). */
 
@@ -828,7 +829,8 @@ double quant_ref_dot_f32_wide(int64_t n, const float *w, const float *a)
  *           each step: acc[l] = fma(w[2l+1], a[2l+1], acc[l]), then
  *           fma(w[2l], a[2l], acc[l]) (a bf16 product is exact in float,
  *           so each is one rounded add); hsum16.
- *   expert (per-row vector dot; also dense when n does not divide):
+ *   expert (per-row vector dot; also dense when n does not divide, or
+ *   when the weight's row count is no multiple of 4: forward.c mm_make):
  *     f16:  4 x 16 lanes over steps of 64 (accumulator j takes elements
  *           64i + 16j + l), fma; then acc0 += acc2, acc1 += acc3,
  *           acc0 += acc1 lane-wise, hsum16; the n % 64 leftovers are added
@@ -877,6 +879,33 @@ static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
     for (; i < n; i++)
         s += (double)(f16v(w, i) * f16v(a, i));
     return (float)s;
+}
+
+/* f32 in the expert (vector-dot) order: 4 x 16 lanes over steps of 64 as
+ * f16's above, then the n % 64 leftovers added to that float sum one
+ * unfused product at a time (not in double, and not fused: tiny-mixtral's
+ * f32 logits, whose expert down rows have 96 elements, are bit-identical
+ * to the reference's only so). */
+static float dot_f32_expert(int64_t n, const float *w, const float *a)
+{
+    float acc[4][16] = {{0}};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++) {
+                int64_t e = i + 16 * j + l;
+                acc[j][l] = fmaf(w[e], a[e], acc[j][l]);
+            }
+    for (int l = 0; l < 16; l++) {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+    }
+    for (int l = 0; l < 16; l++)
+        acc[0][l] += acc[1][l];
+    float s = quant_hsum16(acc[0]);
+    for (; i < n; i++)
+        s += w[i] * a[i];
+    return s;
 }
 
 static float dot_bf16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
@@ -1149,6 +1178,8 @@ float quant_ref_dot_expert(moe_type t, int64_t n, const void *w, const void *a)
         return dot_f16_expert(n, w, a);
     if (t == MOE_TYPE_BF16 && n >= 0)
         return dot_bf16_expert(n, w, a);
+    if (t == MOE_TYPE_F32 && n >= 0)
+        return dot_f32_expert(n, w, a);
     return quant_ref_dot(t, n, w, a);
 }
 
@@ -1249,14 +1280,16 @@ static void gemm(bool expert, moe_type t, int64_t n, const void *w, size_t w_row
     if (!quant_type_supported((int)t) || n < 0 || r0 < 0 || r1 <= r0 || n_act <= 0)
         return;
     const quant_kernels *k = kern();
-    if (k && k->gemm[t] && !(expert && (t == MOE_TYPE_F16 || t == MOE_TYPE_BF16))) {
+    const bool vec_order = expert && (t == MOE_TYPE_F32 || t == MOE_TYPE_F16 ||
+                                      t == MOE_TYPE_BF16);
+    if (k && k->gemm[t] && !vec_order) {
         k->gemm[t](n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_act, out, n_rows_out);
         return;
     }
     quant_dot_fn dot = k && k->dot[t] ? k->dot[t] : NULL;
     quant_dot4_fn dot4 = k ? k->dot4[t] : NULL;
     float (*ref)(moe_type, int64_t, const void *, const void *) = quant_ref_dot;
-    if (expert && (t == MOE_TYPE_F16 || t == MOE_TYPE_BF16)) {
+    if (vec_order) {
         dot = k ? k->dot_expert[t] : NULL;
         dot4 = NULL;
         ref = quant_ref_dot_expert;

@@ -77,10 +77,12 @@ void quant_gemm(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
                 int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
                 int64_t n_act, float *out, int64_t n_rows_out);
 
-/* As quant_gemm, for the experts of a MoE layer: the reference runtime sums
- * f16/bf16 expert matmuls (per-row vector dots) in a different order than
- * its dense matmuls (tile kernel), and activations rounded to f16/bf16
- * downstream make that visible. Same as quant_gemm for every other type. */
+/* As quant_gemm, in the order of the reference runtime's per-row vector
+ * dot: it sums f32/f16/bf16 expert matmuls that way, and dense ones whose
+ * weight has a row count not divisible by 4 (its tile kernel declines
+ * those), in a different order than the tile kernel of its other dense
+ * matmuls. Quantized activations downstream make 1-ulp differences
+ * visible. Same as quant_gemm for every other type. */
 void quant_gemm_expert(moe_type t, int64_t n, const void *w, size_t w_row_bytes,
                        int64_t r0, int64_t r1, const void *act, size_t act_row_bytes,
                        int64_t n_act, float *out, int64_t n_rows_out);

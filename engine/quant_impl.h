@@ -179,7 +179,7 @@ typedef struct {
     const char *name;
     quant_dot_fn dot[MOE_TYPE_COUNT];
     quant_dot4_fn dot4[MOE_TYPE_COUNT];
-    /* f16/bf16 in the expert order (quant_gemm_expert); other types unused */
+    /* f32/f16/bf16 in the expert order (quant_gemm_expert); others unused */
     quant_dot_fn dot_expert[MOE_TYPE_COUNT];
     quant_quantize_fn quantize[MOE_TYPE_COUNT];
     quant_gemm_fn gemm[MOE_TYPE_COUNT]; /* NULL: the dot/dot4 loop of quant.c */
@@ -204,7 +204,7 @@ double quant_ref_dot_f32_wide(int64_t n, const float *w, const float *a);
 /* Scalar reference entry points used by the fast paths for odd tails. */
 float quant_ref_dot(moe_type t, int64_t n, const void *w, const void *act);
 /* The scalar reference in the expert order (quant_gemm_expert): differs
- * from quant_ref_dot for f16/bf16 only. */
+ * from quant_ref_dot for f32/f16/bf16 only. */
 float quant_ref_dot_expert(moe_type t, int64_t n, const void *w, const void *act);
 
 #endif

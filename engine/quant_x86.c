@@ -251,6 +251,33 @@ static QX_TARGET double QX(dot_f32_wide)(int64_t n, const float *w, const float 
     return s;
 }
 
+/* f32 in the vector-dot order (quant_gemm_expert; see dot_f32_expert in
+ * quant.c): 4 x 16 lanes over 64-element steps reduced as f16's, then the
+ * n % 64 leftovers added to the float sum one unfused product at a time */
+static QX_TARGET float QX(dote_f32)(int64_t n, const void *wv, const void *av)
+{
+    const float *w = wv, *a = av;
+    __m256 acc[8];
+    QX_UNROLL for (int j = 0; j < 8; j++)
+        acc[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        QX_UNROLL for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * j),
+                                     _mm256_loadu_ps(a + i + 8 * j), acc[j]);
+    QX_UNROLL for (int j = 0; j < 4; j++)
+        acc[j] = _mm256_add_ps(acc[j], acc[j + 4]);
+    acc[0] = _mm256_add_ps(acc[0], acc[2]);
+    acc[1] = _mm256_add_ps(acc[1], acc[3]);
+    float s = QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
+    for (; i < n; i++) {
+        float p = w[i] * a[i];
+        QX_NOFUSE(p);
+        s += p;
+    }
+    return s;
+}
+
 /* f32 rows of n % 16 != 0 elements: the wide dot rounded once, like the
  * scalar reference, so a row split into pieces (EMoE experts summed in
  * double) reproduces it */
@@ -1212,6 +1239,7 @@ static void QX(fill)(quant_kernels *ks)
     ks->dot4[MOE_TYPE_F32] = QX(dotf4_f32);
     ks->dot4[MOE_TYPE_F16] = QX(dotf4_f16);
     ks->dot4[MOE_TYPE_BF16] = QX(dotf4_bf16);
+    ks->dot_expert[MOE_TYPE_F32] = QX(dote_f32);
     ks->dot_expert[MOE_TYPE_F16] = QX(dote_f16);
     ks->dot_expert[MOE_TYPE_BF16] = QX(dote_bf16);
 #define QX_SET(T, NAME)                    \

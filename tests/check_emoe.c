@@ -237,13 +237,17 @@ static void em_exact_case(const char *dense, int32_t nexp, const bool *layers, i
     n1 = em_logits(dense, 0, &ld, &nv);
     n2 = em_logits(out, 0, &le, &nv);
     ck_assert_int_eq(n1, n2);
-    /* The issue asks for 1e-5; the result is bit-identical: the experts'
-     * down projections are summed in one double accumulation
-     * (forward.c, down_exact_chunk), as the dense f32 dot sums its n_ff =
-     * 172 products (quant_x86.c, dotf_f32). Measured 1.03e-5 when every
-     * expert's piece was rounded to float first. */
+    /* The issue asks for 1e-5. The down projections still give the dense
+     * bits (forward.c, down_exact_chunk), but the dense swiglu follows the
+     * reference runtime (the exponential of the last n_ff % 16 = 12
+     * elements of a row from the C library, the rest from its vector
+     * form) and the expert rows are other pieces, all taking the vector
+     * form. Measured up to 9.54e-6 on logits of about 17 (5 ulps); bit-
+     * identical while the dense swiglu used expf throughout. */
     diff = em_max_diff(ld, le, n1, nv, &mean, &same);
-    ck_assert_msg(diff == 0 && mean == 0 && same,
+    printf("emoe: N = K = %d, %d converted layers: max |logit diff| %.3g, mean %.3g\n", nexp,
+           n_conv_want, diff, mean);
+    ck_assert_msg(diff <= 1e-5 && same,
                   "N = K = %d: max |logit diff| %g, mean %g, argmax %s", nexp, diff, mean,
                   same ? "same" : "differs");
     free(ld);
