@@ -859,7 +859,22 @@ static void bf16_pairs16(float acc[16], const uint16_t *w, const uint16_t *a, in
     }
 }
 
-static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
+static float f16p(const void *p, int64_t i)
+{
+    return f16v(p, i);
+}
+
+static float f32p(const void *p, int64_t i)
+{
+    return ((const float *)p)[i];
+}
+
+/* The vector dot's 4 x 16 lanes over the 64-element steps of n (element e
+ * of a step in accumulator e / 16, lane e % 16; ld reads element i), then
+ * acc0 += acc2, acc1 += acc3, acc0 += acc1 lane-wise and hsum16. *end is
+ * the first element left over. */
+static float vec4x16(int64_t n, const void *w, const void *a, float (*ld)(const void *, int64_t),
+                     int64_t *end)
 {
     float acc[4][16] = {{0}};
     int64_t i = 0;
@@ -867,7 +882,7 @@ static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
         for (int j = 0; j < 4; j++)
             for (int l = 0; l < 16; l++) {
                 int64_t e = i + 16 * j + l;
-                acc[j][l] = fmaf(f16v(w, e), f16v(a, e), acc[j][l]);
+                acc[j][l] = fmaf(ld(w, e), ld(a, e), acc[j][l]);
             }
     for (int l = 0; l < 16; l++) {
         acc[0][l] += acc[2][l];
@@ -875,7 +890,14 @@ static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
     }
     for (int l = 0; l < 16; l++)
         acc[0][l] += acc[1][l];
-    double s = quant_hsum16(acc[0]);
+    *end = i;
+    return quant_hsum16(acc[0]);
+}
+
+static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
+{
+    int64_t i;
+    double s = vec4x16(n, w, a, f16p, &i);
     for (; i < n; i++)
         s += (double)(f16v(w, i) * f16v(a, i));
     return (float)s;
@@ -888,21 +910,8 @@ static float dot_f16_expert(int64_t n, const uint16_t *w, const uint16_t *a)
  * to the reference's only so). */
 static float dot_f32_expert(int64_t n, const float *w, const float *a)
 {
-    float acc[4][16] = {{0}};
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 16; l++) {
-                int64_t e = i + 16 * j + l;
-                acc[j][l] = fmaf(w[e], a[e], acc[j][l]);
-            }
-    for (int l = 0; l < 16; l++) {
-        acc[0][l] += acc[2][l];
-        acc[1][l] += acc[3][l];
-    }
-    for (int l = 0; l < 16; l++)
-        acc[0][l] += acc[1][l];
-    float s = quant_hsum16(acc[0]);
+    int64_t i;
+    float s = vec4x16(n, w, a, f32p, &i);
     for (; i < n; i++)
         s += w[i] * a[i];
     return s;

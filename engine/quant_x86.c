@@ -254,22 +254,32 @@ static QX_TARGET double QX(dot_f32_wide)(int64_t n, const float *w, const float 
 /* f32 in the vector-dot order (quant_gemm_expert; see dot_f32_expert in
  * quant.c): 4 x 16 lanes over 64-element steps reduced as f16's, then the
  * n % 64 leftovers added to the float sum one unfused product at a time */
-static QX_TARGET float QX(dote_f32)(int64_t n, const void *wv, const void *av)
+/* vec4x16 of quant.c: the 16-lane accumulator j is (acc[2j], acc[2j+1]);
+ * ld loads 8 elements from an index */
+static inline QX_ALWAYS QX_TARGET float QX(vec4x16)(int64_t n, const void *w, const void *a,
+                                                    __m256 (*ld)(const void *, int64_t),
+                                                    int64_t *end)
 {
-    const float *w = wv, *a = av;
     __m256 acc[8];
     QX_UNROLL for (int j = 0; j < 8; j++)
         acc[j] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64)
         QX_UNROLL for (int j = 0; j < 8; j++)
-            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * j),
-                                     _mm256_loadu_ps(a + i + 8 * j), acc[j]);
+            acc[j] = _mm256_fmadd_ps(ld(w, i + 8 * j), ld(a, i + 8 * j), acc[j]);
     QX_UNROLL for (int j = 0; j < 4; j++)
         acc[j] = _mm256_add_ps(acc[j], acc[j + 4]);
     acc[0] = _mm256_add_ps(acc[0], acc[2]);
     acc[1] = _mm256_add_ps(acc[1], acc[3]);
-    float s = QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
+    *end = i;
+    return QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
+}
+
+static QX_TARGET float QX(dote_f32)(int64_t n, const void *wv, const void *av)
+{
+    const float *w = wv, *a = av;
+    int64_t i;
+    float s = QX(vec4x16)(n, w, a, QX(ld_f32), &i);
     for (; i < n; i++) {
         float p = w[i] * a[i];
         QX_NOFUSE(p);
@@ -328,19 +338,8 @@ static inline QX_ALWAYS QX_TARGET double QX(f16_tail)(int64_t i, int64_t n, cons
 static QX_TARGET float QX(dote_f16)(int64_t n, const void *wv, const void *av)
 {
     const uint16_t *w = wv, *a = av;
-    __m256 acc[8];
-    QX_UNROLL for (int j = 0; j < 8; j++)
-        acc[j] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
-        QX_UNROLL for (int j = 0; j < 8; j++)
-            acc[j] = _mm256_fmadd_ps(QX(ld_f16)(w, i + 8 * j), QX(ld_f16)(a, i + 8 * j), acc[j]);
-    /* 16-lane accumulator j is (acc[2j], acc[2j+1]) */
-    QX_UNROLL for (int j = 0; j < 4; j++)
-        acc[j] = _mm256_add_ps(acc[j], acc[j + 4]);
-    acc[0] = _mm256_add_ps(acc[0], acc[2]);
-    acc[1] = _mm256_add_ps(acc[1], acc[3]);
-    double s = QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
+    int64_t i;
+    double s = QX(vec4x16)(n, w, a, QX(ld_f16), &i);
     return (float)(s + QX(f16_tail)(i, n, w, a, false));
 }
 
