@@ -36,7 +36,8 @@ typedef struct {
     int64_t n_act;
     float *out;            /* out[j * out_stride + r] */
     int64_t out_stride;
-    bool expert;           /* a routed expert: quant_gemm_expert's order */
+    bool vec_order;        /* the reference's vector-dot order (quant_gemm_expert):
+                            * a routed expert, or a weight its tile kernel declines */
 } mm_task;
 
 #define MM_MAX_TASKS 1024
@@ -72,7 +73,7 @@ static void mm_chunk(void *arg, int ith, int64_t chunk)
         if (c0 + cost > lo && c0 < hi) {
             int64_t r0 = mm_row_bound(t, c0, lo), r1 = mm_row_bound(t, c0, hi);
             if (r1 > r0)
-                (t->expert ? quant_gemm_expert : quant_gemm)(t->type, t->n_in, t->w,
+                (t->vec_order ? quant_gemm_expert : quant_gemm)(t->type, t->n_in, t->w,
                                                              t->w_row_bytes, r0, r1, t->act,
                                                              t->act_row_bytes, t->n_act,
                                                              t->out, t->out_stride);
@@ -214,7 +215,7 @@ static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t
     /* the reference's tile kernel takes float weights only in whole groups
      * of 4 rows; others (an output head of 509 rows, say) go through its
      * vector dot, whose order quant_gemm_expert follows */
-    t.expert = w->ne[1] % 4 != 0;
+    t.vec_order = w->ne[1] % 4 != 0;
     return t;
 }
 
@@ -225,7 +226,7 @@ static mm_task mm_make_expert(const mtensor *w, int64_t expert, const void *act,
                               int64_t out_stride)
 {
     mm_task t = mm_make(w, expert, act, act_row_bytes, n_act, out, out_stride);
-    t.expert = true;
+    t.vec_order = true;
     return t;
 }
 
@@ -321,7 +322,6 @@ static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind
         }
     }
 }
-
 
 /* ---- attention --------------------------------------------------------- */
 
@@ -845,11 +845,7 @@ __attribute__((target("avx2,fma"))) static void swiglu_row_fma(float *g, const f
         _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
                                               _mm256_loadu_ps(u + i)));
     }
-    if (all_vec)
-        for (; i < n; i++)
-            g[i] = g[i] / (1.0f + att_vexp(0.0f - g[i])) * u[i];
-    for (; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    swiglu_row_ref(g + i, u + i, n - i, all_vec); /* the tail: fewer than 16 */
 }
 #endif
 

@@ -251,9 +251,6 @@ static QX_TARGET double QX(dot_f32_wide)(int64_t n, const float *w, const float 
     return s;
 }
 
-/* f32 in the vector-dot order (quant_gemm_expert; see dot_f32_expert in
- * quant.c): 4 x 16 lanes over 64-element steps reduced as f16's, then the
- * n % 64 leftovers added to the float sum one unfused product at a time */
 /* vec4x16 of quant.c: the 16-lane accumulator j is (acc[2j], acc[2j+1]);
  * ld loads 8 elements from an index */
 static inline QX_ALWAYS QX_TARGET float QX(vec4x16)(int64_t n, const void *w, const void *a,
@@ -275,6 +272,9 @@ static inline QX_ALWAYS QX_TARGET float QX(vec4x16)(int64_t n, const void *w, co
     return QX(hsum)(_mm256_add_ps(acc[0], acc[1]));
 }
 
+/* f32 in the vector-dot order (quant_gemm_expert; see dot_f32_expert in
+ * quant.c): vec4x16, then the n % 64 leftovers added to the float sum one
+ * unfused product at a time */
 static QX_TARGET float QX(dote_f32)(int64_t n, const void *wv, const void *av)
 {
     const float *w = wv, *a = av;
