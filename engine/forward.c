@@ -198,8 +198,8 @@ static const void *act_convert(moe_ctx *c, moe_type t, const float *x, int64_t n
     return buf;
 }
 
-static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t act_row_bytes,
-                       int64_t n_act, float *out, int64_t out_stride)
+static mm_task mm_make(const moe_ctx *c, const mtensor *w, int64_t expert, const void *act,
+                       size_t act_row_bytes, int64_t n_act, float *out, int64_t out_stride)
 {
     mm_task t;
     t.type = w->type;
@@ -213,19 +213,20 @@ static mm_task mm_make(const mtensor *w, int64_t expert, const void *act, size_t
     t.out = out;
     t.out_stride = out_stride;
     /* the reference's tile kernel takes float weights only in whole groups
-     * of 4 rows; others (an output head of 509 rows, say) go through its
-     * vector dot, whose order quant_gemm_expert follows */
-    t.vec_order = w->ne[1] % 4 != 0;
+     * of 4 rows and of 2 or more tokens; others (an output head of 509 rows,
+     * a generated token) go through its vector dot, whose order
+     * quant_gemm_expert follows */
+    t.vec_order = w->ne[1] % 4 != 0 || c->token_order;
     return t;
 }
 
 /* mm_make for one routed expert's matrix (the reference runs these through
  * its per-expert path, whose f32/f16/bf16 summation order differs) */
-static mm_task mm_make_expert(const mtensor *w, int64_t expert, const void *act,
-                              size_t act_row_bytes, int64_t n_act, float *out,
+static mm_task mm_make_expert(const moe_ctx *c, const mtensor *w, int64_t expert,
+                              const void *act, size_t act_row_bytes, int64_t n_act, float *out,
                               int64_t out_stride)
 {
-    mm_task t = mm_make(w, expert, act, act_row_bytes, n_act, out, out_stride);
+    mm_task t = mm_make(c, w, expert, act, act_row_bytes, n_act, out, out_stride);
     t.vec_order = true;
     return t;
 }
@@ -235,7 +236,7 @@ static void matmul(moe_ctx *c, const mtensor *w, const float *x, int64_t n, floa
 {
     size_t rb;
     const void *act = act_convert(c, w->type, x, n, w->ne[0], c->act_q, &rb);
-    mm_task t = mm_make(w, 0, act, rb, n, y, w->ne[1]);
+    mm_task t = mm_make(c, w, 0, act, rb, n, y, w->ne[1]);
     mm_run(c, &t, 1);
 }
 
@@ -1067,9 +1068,9 @@ static void attention_qkv(moe_ctx *c, int32_t il, int32_t n, bool want_q)
     if (L->wq.type == L->wk.type && L->wq.type == L->wv.type) {
         act = act_convert(c, L->wq.type, c->xn, n, n_embd, c->act_q, &rb);
         if (want_q)
-            tasks[n_tasks++] = mm_make(&L->wq, 0, act, rb, n, c->q, n_q);
-        tasks[n_tasks++] = mm_make(&L->wk, 0, act, rb, n, c->k, n_kv);
-        tasks[n_tasks++] = mm_make(&L->wv, 0, act, rb, n, c->v, n_kv);
+            tasks[n_tasks++] = mm_make(c, &L->wq, 0, act, rb, n, c->q, n_q);
+        tasks[n_tasks++] = mm_make(c, &L->wk, 0, act, rb, n, c->k, n_kv);
+        tasks[n_tasks++] = mm_make(c, &L->wv, 0, act, rb, n, c->v, n_kv);
         mm_run(c, tasks, n_tasks);
     } else {
         if (want_q)
@@ -1180,11 +1181,11 @@ static void ffn_dense(moe_ctx *c, const mtensor *wg, const mtensor *wu, const mt
     size_t rb;
     const void *act = act_convert(c, wg->type, xn, n, n_embd, c->act_q, &rb);
     if (wg->type == wu->type) {
-        tasks[0] = mm_make(wg, 0, act, rb, n, c->hb, n_ff);
-        tasks[1] = mm_make(wu, 0, act, rb, n, c->hb2, n_ff);
+        tasks[0] = mm_make(c, wg, 0, act, rb, n, c->hb, n_ff);
+        tasks[1] = mm_make(c, wu, 0, act, rb, n, c->hb2, n_ff);
         mm_run(c, tasks, 2);
     } else {
-        tasks[0] = mm_make(wg, 0, act, rb, n, c->hb, n_ff);
+        tasks[0] = mm_make(c, wg, 0, act, rb, n, c->hb, n_ff);
         mm_run(c, tasks, 1);
         matmul(c, wu, xn, n, c->hb2);
     }
@@ -1304,9 +1305,9 @@ static int expert_tasks(const moe_ctx *c, const mtensor *w, const mtensor *w2, c
         const size_t o = (size_t)slot_start[e] * (size_t)n_out;
         if (!cnt)
             continue;
-        tasks[n_tasks++] = mm_make_expert(w, e, a, rb, cnt, out + o, n_out);
+        tasks[n_tasks++] = mm_make_expert(c, w, e, a, rb, cnt, out + o, n_out);
         if (w2)
-            tasks[n_tasks++] = mm_make_expert(w2, e, a, rb, cnt, out2 + o, n_out);
+            tasks[n_tasks++] = mm_make_expert(c, w2, e, a, rb, cnt, out2 + o, n_out);
     }
     return n_tasks;
 }
@@ -1422,11 +1423,17 @@ static void ffn_moe(moe_ctx *c, int32_t il, int32_t n)
 
 /* ---- the whole pass ---------------------------------------------------- */
 
+bool forward_token_order(const moe_ctx *c, int32_t n)
+{
+    return c->order == MOE_ORDER_TOKEN || (c->order == MOE_ORDER_REFERENCE && n == 1);
+}
+
 void forward_embed(moe_ctx *c, const int32_t *tokens, int32_t n)
 {
     const moe_model *m = c->model;
     const model_hparams *hp = &m->hp;
     const int64_t n_embd = hp->n_embd;
+    c->token_order = forward_token_order(c, n);
     for (int32_t t = 0; t < n; t++) {
         float *x = c->x + t * n_embd;
         quant_dequantize_row(m->tok_embd.type,

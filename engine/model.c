@@ -643,12 +643,16 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     n_threads = p.n_threads > 0 ? p.n_threads : m->n_threads;
     if (n_threads > 256)
         return moe_fail(MOE_ERR_INVALID_ARG, "%d threads is too many", n_threads);
+    if ((unsigned)p.order > MOE_ORDER_TOKEN)
+        return moe_fail(MOE_ERR_INVALID_ARG, "summation order %d out of range [0, %d]",
+                        (int)p.order, (int)MOE_ORDER_TOKEN);
     c = calloc(1, sizeof *c);
     if (!c)
         return moe_fail(MOE_ERR_NOMEM, "out of memory");
     c->model = m;
     c->n_ctx = p.n_ctx;
     c->n_batch = p.n_batch;
+    c->order = p.order;
     nb = (size_t)p.n_batch;
     n_hidden = (size_t)hp->n_ff;
     if (p.max_top_k < 0 || (hp->n_expert > 0 && p.max_top_k > hp->n_expert)) {

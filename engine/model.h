@@ -134,6 +134,9 @@ struct moe_ctx {
     tp_pool *pool;
     int32_t n_ctx;
     int32_t n_batch;
+    moe_order order;      /* summation order asked for (moe_ctx_params) */
+    bool token_order;     /* this pass sums float products in the vector-dot
+                           * order: set by forward_embed (forward_token_order) */
     int32_t pos;          /* tokens in the KV cache */
     int32_t *tok_hist;    /* [n_ctx] the token at each cached position */
     float *k_cache;       /* per layer and kv head, blocks of 8 positions
@@ -207,6 +210,10 @@ moe_status forward_batch(moe_ctx *ctx, const int32_t *tokens, int32_t n, bool al
  * late (early exit, self-speculation). They act on ctx->x ([n][n_embd]) at
  * positions ctx->pos .. ctx->pos + n - 1 and do not advance ctx->pos. */
 void forward_embed(moe_ctx *ctx, const int32_t *tokens, int32_t n);
+/* Whether a pass over n tokens sums float products in the vector-dot order
+ * (moe_order): forward_embed sets ctx->token_order from it; self-speculation,
+ * whose batch stands in for single-token decodes, asks for n = 1. */
+bool forward_token_order(const moe_ctx *ctx, int32_t n);
 void forward_layer(moe_ctx *ctx, int32_t il, int32_t n);
 /* Only the keys and values of layer il for the n rows of ctx->x (a token
  * that exited before il copies its hidden state upward this way). */

@@ -147,6 +147,17 @@ bool moe_model_add_bos(const moe_model *model);
 
 typedef struct moe_ctx moe_ctx;
 
+/* Summation order of the products with float weights (f32, f16, bf16;
+ * quantized weights sum alike either way). The reference runtime sums a
+ * forward batch of two or more tokens in its tiled kernel's order and a
+ * batch of one token in its vector dot's order, so there a token's logits
+ * can differ in the last bits with how it was batched. */
+typedef enum {
+    MOE_ORDER_REFERENCE = 0, /* as the reference (the default) */
+    MOE_ORDER_BATCH,         /* always the tiled order */
+    MOE_ORDER_TOKEN,         /* always the vector-dot order */
+} moe_order;
+
 typedef struct {
     int n_ctx;      /* KV cache length in tokens (0 = model's, capped 4096) */
     int n_threads;  /* 0 = model's */
@@ -154,6 +165,8 @@ typedef struct {
     int max_top_k;  /* most experts per token router steering may ask for
                      * (0 = the model's n_expert_used); sizes the expert
                      * slots of the context and its traces */
+    moe_order order; /* BATCH and TOKEN make every token's logits independent
+                      * of batching (TOKEN's equal REFERENCE's decode) */
 } moe_ctx_params;
 
 moe_ctx_params moe_ctx_default_params(void);

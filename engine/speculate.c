@@ -267,8 +267,10 @@ moe_status moe_ctx_speculate(moe_ctx *c, const moe_spec_params *p, int32_t next,
         }
     }
 
-    /* verify: layers E.. over all d + 1 rows at once */
+    /* verify: layers E.. over all d + 1 rows at once, summed as the single
+     * tokens of plain decoding are (moe_order), so it gives their bits */
     memcpy(c->x, es->sp_h, (size_t)(d + 1) * ne * sizeof(float));
+    c->token_order = forward_token_order(c, 1);
     c->pos = P;
     for (int32_t il = E; il < n_layer; il++)
         forward_layer(c, il, d + 1);

@@ -44,7 +44,7 @@ static int32_t lb_n_vocab(const moe_ctx *ctx)
     return info.n_vocab;
 }
 
-/* m:context([{n_ctx, n_batch, threads, max_top_k}]) -> Context | nil, msg */
+/* m:context([{n_ctx, n_batch, threads, max_top_k, order}]) -> Context | nil, msg */
 static int lb_model_context(lua_State *L)
 {
     lb_model *m = lb_check_model(L, 1);
@@ -64,6 +64,11 @@ static int lb_model_context(lua_State *L)
         lua_pop(L, 1);
         if (lua_getfield(L, 2, "max_top_k") != LUA_TNIL)
             p.max_top_k = (int)luaL_checkinteger(L, -1);
+        lua_pop(L, 1);
+        if (lua_getfield(L, 2, "order") != LUA_TNIL) {
+            static const char *const orders[] = {"reference", "batch", "token", NULL};
+            p.order = (moe_order)luaL_checkoption(L, -1, NULL, orders);
+        }
         lua_pop(L, 1);
         luaL_argcheck(L, p.n_ctx >= 0 && p.n_batch >= 0 && p.n_threads >= 0 &&
                              p.max_top_k >= 0, 2, "negative context parameter");

@@ -320,7 +320,20 @@ START_TEST(test_loglik_snapshot_embed)
            "local small = assert(m:context{n_ctx = 8})\n"
            "local ok, msg = small:decode(('a b c d e f g h i j k'))\n"
            "assert(ok == nil and msg:find('full'), tostring(msg))\n"
-           "small:close(); c:close(); m:close()\n");
+           "small:close()\n"
+           /* summation orders: "token" gives a batch the bits of single
+            * tokens; an unknown order raises */
+           "local t = assert(m:context{n_ctx = 64, order = 'token'})\n"
+           "local ids = m:tokenize('One day, a cat sat')\n"
+           "assert(t:decode(ids, {all = true}))\n"
+           "local batch = {}; for i = 1, #ids do batch[i] = t:logits(i - 1) end\n"
+           "c:reset()\n"
+           "for i = 1, #ids do\n"
+           "  c:decode({ids[i]}); local l = c:logits()\n"
+           "  for v = 1, #l do assert(l[v] == batch[i][v], 'token order: batch = single') end\n"
+           "end\n"
+           "assert(not pcall(m.context, m, {order = 'tiled'}), 'unknown order raises')\n"
+           "t:close(); c:close(); m:close()\n");
     host_free(h);
 }
 END_TEST

@@ -320,14 +320,18 @@ START_TEST(test_golden_all)
 END_TEST
 
 /* The same tokens decoded in one batch, in batches of two and one at a time
- * give the same logits (exercises the KV cache; batches of two the same
- * bits), and thread counts do not change them. */
-static void check_incremental(const char *rel, int n_threads)
+ * (exercises the KV cache). Each summation order (moe_order) gives the same
+ * bits however the tokens are batched, where it should: BATCH's batches of
+ * two equal its one batch, TOKEN's batch equals REFERENCE's single-token
+ * decodes, REFERENCE's batch equals BATCH's; thread counts do not change
+ * them. REFERENCE's single tokens and its batch, which sum in different
+ * orders, agree within a tolerance. */
+static void check_incremental(const char *rel, float tol, int n_threads)
 {
     char path[1024];
     moe_model *model;
-    moe_ctx *a, *b, *c2;
-    const float tol = 1e-3f;
+    moe_ctx *a, *b, *c2, *t;
+    float max_d = 0.0f;
     moe_model_params mp = moe_model_default_params();
     moe_ctx_params cp = moe_ctx_default_params();
     int32_t toks[40];
@@ -343,20 +347,29 @@ static void check_incremental(const char *rel, int n_threads)
         toks[i] = (int32_t)((i * 7919 + 3) % n_vocab);
     cp.n_batch = 16; /* force chunking of the 40-token batch */
     ck_assert(moe_ctx_new(model, &cp, &a) == MOE_OK);
+    cp.order = MOE_ORDER_TOKEN;
+    ck_assert(moe_ctx_new(model, &cp, &t) == MOE_OK);
+    cp.order = MOE_ORDER_REFERENCE;
     cp.n_threads = 1;
     ck_assert(moe_ctx_new(model, &cp, &b) == MOE_OK);
+    cp.order = MOE_ORDER_BATCH;
     ck_assert(moe_ctx_new(model, &cp, &c2) == MOE_OK);
     ck_assert(moe_ctx_decode(a, toks, 40, true) == MOE_OK);
+    ck_assert(moe_ctx_decode(t, toks, 40, true) == MOE_OK);
     ck_assert_int_eq(moe_ctx_pos(a), 40);
     for (int i = 0; i < 40; i++) {
-        const float *la = moe_ctx_logits(a, i), *lb;
+        const float *la = moe_ctx_logits(a, i), *lt = moe_ctx_logits(t, i), *lb;
         ck_assert(moe_ctx_decode(b, &toks[i], 1, false) == MOE_OK);
         lb = moe_ctx_logits(b, -1);
-        for (int32_t v = 0; v < n_vocab; v++)
-            ck_assert_msg(fabsf(la[v] - lb[v]) <= tol + 1e-3f * fabsf(lb[v]),
-                          "%s: pos %d token %d batch %.6f vs single %.6f", rel, i, v, la[v],
-                          lb[v]);
+        for (int32_t v = 0; v < n_vocab; v++) {
+            ck_assert_msg(lt[v] == lb[v], "%s: pos %d token %d token-order batch %.9g vs single %.9g",
+                          rel, i, v, lt[v], lb[v]);
+            if (fabsf(la[v] - lb[v]) > max_d)
+                max_d = fabsf(la[v] - lb[v]);
+        }
     }
+    printf("incremental: %s: batch vs single tokens max |dlogit| %.3g\n", rel, max_d);
+    ck_assert_msg(max_d <= tol, "%s: batch vs single tokens differ by %.6f", rel, max_d);
     for (int i = 0; i < 40; i += 2) {
         ck_assert(moe_ctx_decode(c2, &toks[i], 2, true) == MOE_OK);
         for (int k = 0; k < 2; k++) {
@@ -377,26 +390,34 @@ static void check_incremental(const char *rel, int n_threads)
     {
         const float *la = moe_ctx_logits(a, 39), *lb = moe_ctx_logits(b, -1);
         for (int32_t v = 0; v < n_vocab; v++)
-            ck_assert(fabsf(la[v] - lb[v]) <= tol + 1e-3f * fabsf(lb[v]));
+            ck_assert(fabsf(la[v] - lb[v]) <= tol);
     }
     moe_ctx_free(a);
     moe_ctx_free(b);
     moe_ctx_free(c2);
+    moe_ctx_free(t);
     moe_model_free(model);
 }
 
 START_TEST(test_incremental)
 {
-    static const char *const models[] = {
-        "models/real/stories260K.gguf",
-        "models/synthetic/tiny-mixtral.f32.gguf",
-        "models/synthetic/tiny-qwen2moe.f32.gguf",
-        "models/synthetic/tiny-olmoe.f32.gguf",
-        "models/synthetic/tiny-granitemoe.f32.gguf",
-        "models/synthetic/tiny-mixtral-256.q4_k_m.gguf",
-        "models/synthetic/tiny-mixtral-256.q8_0.gguf",
+    /* tolerances of REFERENCE's batch against its single tokens: the f32
+     * models measured at most 8.4e-6, q8_0 0 (its float products are the
+     * router's, whose 8 rows sum alike here); q4_k_m 0.339, where a 1-ulp
+     * router difference flips an expert or a Q8_K rounding downstream */
+    static const struct {
+        const char *rel;
+        float tol;
+    } models[] = {
+        {"models/real/stories260K.gguf", 1e-4f},
+        {"models/synthetic/tiny-mixtral.f32.gguf", 1e-4f},
+        {"models/synthetic/tiny-qwen2moe.f32.gguf", 1e-4f},
+        {"models/synthetic/tiny-olmoe.f32.gguf", 1e-4f},
+        {"models/synthetic/tiny-granitemoe.f32.gguf", 1e-4f},
+        {"models/synthetic/tiny-mixtral-256.q4_k_m.gguf", 0.5f},
+        {"models/synthetic/tiny-mixtral-256.q8_0.gguf", 1e-4f},
     };
-    check_incremental(models[_i], 2);
+    check_incremental(models[_i].rel, models[_i].tol, 2);
 }
 END_TEST
 

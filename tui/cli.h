@@ -114,6 +114,9 @@ moe_model *cli_load_model_as(const char *cmd, const char *path, int n_threads,
 /* "auto", "mmap" or "copy" to *out; false (with a one-line error naming
  * what, e.g. "--load" or "MOE_LOAD") for anything else. */
 bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_mode *out);
+/* "reference", "batch" or "token" (moe_order) to *out; false, with a
+ * one-line error, for anything else. */
+bool cli_parse_order(const char *cmd, const char *s, moe_order *out);
 /* The load mode MOE_LOAD asks for (auto when unset or empty); false, with
  * the error printed, when it names none. */
 bool cli_env_load(const char *cmd, moe_load_mode *out);

@@ -217,6 +217,19 @@ bool cli_parse_load(const char *cmd, const char *what, const char *s, moe_load_m
     return false;
 }
 
+bool cli_parse_order(const char *cmd, const char *s, moe_order *out)
+{
+    static const char *const names[] = {"reference", "batch", "token"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = (moe_order)i;
+            return true;
+        }
+    cli_fail(cmd, CLI_EXIT_USAGE, "--order: unknown summation order '%s' (reference, batch or token)",
+             s);
+    return false;
+}
+
 bool cli_env_load(const char *cmd, moe_load_mode *out)
 {
     const char *env = getenv("MOE_LOAD");

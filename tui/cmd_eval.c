@@ -22,19 +22,23 @@ static const char *const eval_cmd = "eval";
 static void eval_usage(FILE *f)
 {
     fprintf(f,
-            "usage: moe-studio eval -m MODEL (-p TEXT | -f FILE) [--top-k K] [--greedy N] [--json]\n"
+            "usage: moe-studio eval -m MODEL (-p TEXT | -f FILE) [--top-k K] [--greedy N]\n"
+            "                       [--order O] [--json]\n"
             "  -m, --model MODEL  GGUF model\n"
             "  -p, --prompt TEXT  prompt (BOS added when the model says so)\n"
             "  -f, --file FILE    read the prompt from FILE\n"
             "      --top-k K      logits reported per prompt position (default 10)\n"
             "      --greedy N     also decode N greedy tokens after the prompt\n"
             "  -t, --threads N    worker threads (default 1)\n"
+            "      --order O      summation order of float-weight products: reference\n"
+            "                     (default: the prompt batch tiled, each greedy token\n"
+            "                     vector-dot, as the reference runtime), batch or token\n"
             "      --json         one JSON object: model, prompt, n_vocab, tokens,\n"
             "                     pieces_hex, prompt_topk [[[id, logit], ...], ...],\n"
             "                     greedy (with --greedy)\n");
 }
 
-enum { EVAL_OPT_TOP_K = 256, EVAL_OPT_GREEDY, EVAL_OPT_JSON };
+enum { EVAL_OPT_TOP_K = 256, EVAL_OPT_GREEDY, EVAL_OPT_JSON, EVAL_OPT_ORDER };
 
 /* The k largest logits, best first; ties keep the lower id first. */
 static int eval_topk(const float *logits, int n_vocab, int k, int32_t *ids,
@@ -86,6 +90,7 @@ int cmd_eval(int argc, char **argv)
         {"top-k", required_argument, NULL, EVAL_OPT_TOP_K},
         {"greedy", required_argument, NULL, EVAL_OPT_GREEDY},
         {"json", no_argument, NULL, EVAL_OPT_JSON},
+        {"order", required_argument, NULL, EVAL_OPT_ORDER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -121,6 +126,10 @@ int cmd_eval(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             break;
         case EVAL_OPT_JSON: json = true; break;
+        case EVAL_OPT_ORDER:
+            if (!cli_parse_order(eval_cmd, optarg, &cp.order))
+                return CLI_EXIT_USAGE;
+            break;
         case 'h': eval_usage(stdout); return CLI_OK;
         default: return cli_bad_option(eval_cmd, c, argv);
         }

@@ -47,6 +47,10 @@ static void run_usage(FILE *f)
             "  -t, --threads N            worker threads\n"
             "  -c, --ctx-size N           context length (default: the model's, max 4096)\n"
             "      --no-bos               do not add BOS to the prompt\n"
+            "      --order O              summation order of float-weight products:\n"
+            "                             reference (default, as the reference runtime: the\n"
+            "                             prompt tiled, each generated token vector-dot),\n"
+            "                             batch or token (logits independent of batching)\n"
             "      --verbose              timing line on stderr (with --exit: the exit\n"
             "                             layer of every token; with --speculate: the\n"
             "                             acceptance rate)\n"
@@ -77,6 +81,7 @@ enum {
     RUN_OPT_VERBOSE,
     RUN_OPT_EXIT,
     RUN_OPT_SPECULATE,
+    RUN_OPT_ORDER,
 };
 
 typedef struct {
@@ -92,6 +97,7 @@ typedef struct {
     const char *exit_spec;
     const char *spec_spec;
     moe_spec_params spec;
+    moe_order order;
 } run_opts;
 
 /* Parse argv into o; returns CLI_OK, or an exit code (help -> -1). */
@@ -119,6 +125,7 @@ static int run_parse(int argc, char **argv, run_opts *o)
         {"verbose", no_argument, NULL, RUN_OPT_VERBOSE},
         {"exit", required_argument, NULL, RUN_OPT_EXIT},
         {"speculate", required_argument, NULL, RUN_OPT_SPECULATE},
+        {"order", required_argument, NULL, RUN_OPT_ORDER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -214,6 +221,10 @@ static int run_parse(int argc, char **argv, run_opts *o)
                 return cli_fail(run_cmd, CLI_EXIT_USAGE, "--speculate: %s", moe_last_error());
             o->spec_spec = optarg;
             break;
+        case RUN_OPT_ORDER:
+            if (!cli_parse_order(run_cmd, optarg, &o->order))
+                return CLI_EXIT_USAGE;
+            break;
         case 'h': run_usage(stdout); return -1;
         default: return cli_bad_option(run_cmd, c, argv);
         }
@@ -301,6 +312,7 @@ int cmd_run(int argc, char **argv)
     if (o.n_ctx > 0)
         cp.n_ctx = o.n_ctx;
     cp.n_threads = o.n_threads;
+    cp.order = o.order;
     st = moe_ctx_new(model, &cp, &ctx);
     if (st != MOE_OK) {
         cli_fail_engine(run_cmd, st, "cannot create a context");
