@@ -1079,28 +1079,32 @@ static float dot_q3_k(int64_t nb, const blk_q3_k *w, const blk_q8_k *a)
     return s;
 }
 
+/* q4_k in the reference's vector-dot order: 8 integer lanes (lane l sums
+ * elements 4l..4l+3 of every 32-element chunk, scaled), fused into 8 float
+ * lanes per block; the mins in 4 float lanes, lane k taking the two
+ * 32-element chunks 2k, 2k+1; then hsum8 + ((m0 + m2) + (m1 + m3)). */
 static float dot_q4_k(int64_t nb, const blk_q4_k *w, const blk_q8_k *a)
 {
-    float acc = 0.0f, accm = 0.0f;
+    float acc[8] = {0}, accm[4] = {0};
     for (int64_t i = 0; i < nb; i++) {
-        int isum = 0, summs = 0;
-        for (int j = 0; j < 4; j++) {
-            uint8_t s1, m1, s2, m2;
-            int g1 = 0, g2 = 0;
-            quant_k4_scale_min(w[i].scales, 2 * j, &s1, &m1);
-            quant_k4_scale_min(w[i].scales, 2 * j + 1, &s2, &m2);
-            for (int l = 0; l < 32; l++) {
-                g1 += (w[i].qs[32 * j + l] & 0xF) * a[i].qs[64 * j + l];
-                g2 += (w[i].qs[32 * j + l] >> 4) * a[i].qs[64 * j + 32 + l];
-            }
-            isum += s1 * g1 + s2 * g2;
-            summs += m1 * (a[i].bsums[4 * j] + a[i].bsums[4 * j + 1]) +
-                     m2 * (a[i].bsums[4 * j + 2] + a[i].bsums[4 * j + 3]);
+        int lane[8] = {0};
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++)
+            quant_k4_scale_min(w[i].scales, j, &sc[j], &mn[j]);
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++)
+                lane[l / 4] += sc[2 * j] * (w[i].qs[32 * j + l] & 0xF) * a[i].qs[64 * j + l] +
+                               sc[2 * j + 1] * (w[i].qs[32 * j + l] >> 4) * a[i].qs[64 * j + 32 + l];
+        const float d = a[i].d * F16(w[i].d), dmin = -a[i].d * F16(w[i].dmin);
+        for (int k = 0; k < 4; k++) {
+            const int prod = mn[2 * k] * (a[i].bsums[4 * k] + a[i].bsums[4 * k + 1]) +
+                             mn[2 * k + 1] * (a[i].bsums[4 * k + 2] + a[i].bsums[4 * k + 3]);
+            accm[k] = fmaf(dmin, (float)prod, accm[k]);
         }
-        acc = fmaf((float)isum, F16(w[i].d) * a[i].d, acc);
-        accm = fmaf((float)summs, F16(w[i].dmin) * a[i].d, accm);
+        for (int l = 0; l < 8; l++)
+            acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    return acc - accm;
+    return quant_hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
 }
 
 static float dot_q5_k(int64_t nb, const blk_q5_k *w, const blk_q8_k *a)

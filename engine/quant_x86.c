@@ -533,12 +533,16 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(reduce4pairs)(const __m256i *v)
     return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
+static inline QX_ALWAYS QX_TARGET int QX(hsum_i128)(__m128i t)
 {
-    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
     return _mm_cvtsi128_si32(t);
+}
+
+static inline QX_ALWAYS QX_TARGET int QX(hsum_i32)(__m256i v)
+{
+    return QX(hsum_i128)(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
 }
 
 /* HAS_M: q4_1/q5_1 (weights carry m, activations s); FMA: q4_0's chain
@@ -873,11 +877,12 @@ static inline QX_ALWAYS QX_TARGET __m128i QX(k4_unpack)(const uint8_t *s)
 /* q4_k / q5_k share everything but the 5th bit */
 /* q4_k / q5_k / q6_k: integer lanes in the reference order. lanes[k] lane l
  * = sum over the 32-element chunks of scale * q * a for the chunk's
- * elements 4l..4l+3 (q6_k: q - 32); imin[k] = sum of m * bsums (q4_k,
- * q5_k). Exact integers; the float part is applied by the driver. */
+ * elements 4l..4l+3 (q6_k: q - 32); imin[k] lane c = sum of m * bsums over
+ * the 32-element chunks 2c, 2c + 1 (q4_k, q5_k; q6_k: 0). Exact integers;
+ * the float part is applied by the driver. */
 static inline QX_ALWAYS QX_TARGET void QX(k45_kl)(const uint8_t *scales, const uint8_t *qs,
                                                   const uint8_t *qh, const blk_q8_k **a,
-                                                  int64_t i, int na, __m256i *lanes, int *imin)
+                                                  int64_t i, int na, __m256i *lanes, __m128i *imin)
 {
     __m128i sm = QX(k4_unpack)(scales); /* 8 scales, 8 mins */
     uint8_t sc[16];
@@ -887,7 +892,9 @@ static inline QX_ALWAYS QX_TARGET void QX(k45_kl)(const uint8_t *scales, const u
     __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
     QX_UNROLL for (int k = 0; k < na; k++) {
         lanes[k] = _mm256_setzero_si256();
-        imin[k] = QX(hsum_i32)(_mm256_madd_epi16(QX(bsums)(&a[k][i]), m16));
+        __m256i mb = _mm256_madd_epi16(QX(bsums)(&a[k][i]), m16); /* chunk c: m_c * bsums */
+        mb = _mm256_hadd_epi32(mb, mb); /* 128-bit halves: [c0+c1, c2+c3, ..], [c4+c5, ..] */
+        imin[k] = _mm_unpacklo_epi64(_mm256_castsi256_si128(mb), _mm256_extracti128_si256(mb, 1));
     }
     const __m256i m4 = _mm256_set1_epi8(0xF), b4 = _mm256_set1_epi8(0x10);
     __m256i hb = qh ? QX(load256)(qh) : _mm256_setzero_si256();
@@ -910,26 +917,26 @@ static inline QX_ALWAYS QX_TARGET void QX(k45_kl)(const uint8_t *scales, const u
 }
 
 static inline QX_ALWAYS QX_TARGET void QX(q4_k_kl)(const blk_q4_k *w, const blk_q8_k **a,
-                                                   int64_t i, int na, __m256i *lanes, int *imin)
+                                                   int64_t i, int na, __m256i *lanes, __m128i *imin)
 {
     QX(k45_kl)(w[i].scales, w[i].qs, NULL, a, i, na, lanes, imin);
 }
 
 static inline QX_ALWAYS QX_TARGET void QX(q5_k_kl)(const blk_q5_k *w, const blk_q8_k **a,
-                                                   int64_t i, int na, __m256i *lanes, int *imin)
+                                                   int64_t i, int na, __m256i *lanes, __m128i *imin)
 {
     QX(k45_kl)(w[i].scales, w[i].qs, w[i].qh, a, i, na, lanes, imin);
 }
 
 static inline QX_ALWAYS QX_TARGET void QX(q6_k_kl)(const blk_q6_k *w, const blk_q8_k **a,
-                                                   int64_t i, int na, __m256i *lanes, int *imin)
+                                                   int64_t i, int na, __m256i *lanes, __m128i *imin)
 {
     const blk_q6_k *b = &w[i];
     const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
     const __m256i k32 = _mm256_set1_epi8(32);
     QX_UNROLL for (int k = 0; k < na; k++) {
         lanes[k] = _mm256_setzero_si256();
-        imin[k] = 0;
+        imin[k] = _mm_setzero_si128();
     }
     QX_UNROLL for (int h = 0; h < 2; h++) {
         __m256i qa = QX(load256)(b->ql + 64 * h), qb = QX(load256)(b->ql + 64 * h + 32);
@@ -1037,9 +1044,9 @@ QX_DRIVER(q2_k, blk_q2_k, blk_q8_k, QK_K)
 QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
 /* float part of q4_k / q5_k / q6_k, in the reference order (quant.c):
  *   MODE 6: acc = fma(d8*dw, lanes, acc) per block; hsum8
- *   MODE 5: as 6, plus summs = fma(-d8*dmin, imin, summs); hsum8 + summs
- *   MODE 4: acc = fma(sum lanes, dw*d8, acc), accm = fma(imin, dmin*d8,
- *           accm) per block; acc - accm */
+ *   MODE 5: as 6, plus summs = fma(-d8*dmin, sum of imin, summs); hsum8 + summs
+ *   MODE 4: as 6, plus accm = fma(-d8*dmin, imin, accm) in 4 lanes;
+ *           hsum8 + ((m0 + m2) + (m1 + m3)) */
 #define QX_KLDRIVER(NAME, KL, WT, MODE, DMINF)                                                 \
     static inline QX_ALWAYS QX_TARGET void QX(NAME##_rows)(                              \
         int64_t n, const void *wv, const void *const *av, int na, float *out)             \
@@ -1047,34 +1054,39 @@ QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
         const WT *w = wv;                                                                 \
         const blk_q8_k *a[4] = {0};                                                       \
         __m256 acc[4];                                                                    \
-        float s0[4], s1[4];                                                               \
+        __m128 accm[4];                                                                   \
+        float s0[4];                                                                      \
         QX_UNROLL for (int k = 0; k < na; k++) {                                                    \
             a[k] = av[k];                                                                 \
             acc[k] = _mm256_setzero_ps();                                                 \
-            s0[k] = s1[k] = 0.0f;                                                         \
+            accm[k] = _mm_setzero_ps();                                                   \
+            s0[k] = 0.0f;                                                                 \
         }                                                                                 \
         int64_t nb = n / QK_K;                                                            \
         for (int64_t i = 0; i < nb; i++) {                                                \
             __m256i lanes[4];                                                             \
-            int imin[4];                                                                  \
+            __m128i imin[4];                                                              \
             QX(KL)(w, a, i, na, lanes, imin);                                             \
             float dw = QX(h2f)(w[i].d);                                                   \
             QX_UNROLL for (int k = 0; k < na; k++) {                                                \
                 float d8 = a[k][i].d;                                                     \
-                if (MODE == 4) {                                                          \
-                    float dmin = QX(h2f)(w[i].DMINF);                                     \
-                    s0[k] = QX(fma1)((float)QX(hsum_i32)(lanes[k]), dw * d8, s0[k]);      \
-                    s1[k] = QX(fma1)((float)imin[k], dmin * d8, s1[k]);                   \
-                    continue;                                                             \
-                }                                                                         \
                 acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw), _mm256_cvtepi32_ps(lanes[k]), \
                                          acc[k]);                                         \
+                if (MODE == 4)                                                            \
+                    accm[k] = _mm_fmadd_ps(_mm_set1_ps(-d8 * QX(h2f)(w[i].DMINF)),        \
+                                           _mm_cvtepi32_ps(imin[k]), accm[k]);            \
                 if (MODE == 5)                                                            \
-                    s0[k] = QX(fma1)(-d8 * QX(h2f)(w[i].DMINF), (float)imin[k], s0[k]);    \
+                    s0[k] = QX(fma1)(-d8 * QX(h2f)(w[i].DMINF),                           \
+                                     (float)QX(hsum_i128)(imin[k]), s0[k]);               \
             }                                                                             \
         }                                                                                 \
-        QX_UNROLL for (int k = 0; k < na; k++)                                                      \
-            out[k] = MODE == 4 ? s0[k] - s1[k] : QX(hsum)(acc[k]) + s0[k];                \
+        QX_UNROLL for (int k = 0; k < na; k++) {                                                    \
+            if (MODE == 4) {                                                              \
+                __m128 m = _mm_add_ps(accm[k], _mm_movehl_ps(accm[k], accm[k]));          \
+                s0[k] = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));                 \
+            }                                                                             \
+            out[k] = QX(hsum)(acc[k]) + s0[k];                                            \
+        }                                                                                 \
     }                                                                                     \
     QX_ROW_WRAPPERS(NAME)
 
