@@ -339,6 +339,13 @@ static void rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot, rope_kind
  *           blocks' hsum16 added in double; w_p = e_p * (float)(1 / sum);
  *   values  o[d] = 16 chains of fma(w_p, v_p[d], .) in position order,
  *           position p in chain p % 16; then hsum16 of the chains.
+ *           A generated token's weighted sum (a batch summed in the
+ *           single-token order, moe_order) is instead the reference's
+ *           vector dot over its positions padded to a multiple of 32 (the
+ *           padding weighs 0): below np = pad32(n) & ~63, 64 chains,
+ *           position p in chain p % 64, reduced to 16 lanes as
+ *           (c_l + c_l+32) + (c_l+16 + c_l+48), then hsum16; positions np..n-1
+ *           then added one unfused product at a time (att_wsum_vec_ref).
  * hsum16 is quant_hsum16 (quant.h).
  *
  * The scores come first, for ATT_TB query rows x ATT_PB positions at a
@@ -582,6 +589,52 @@ static void att_wsum_ref(float *o, const float *w, const float *v, size_t v_stri
     }
 }
 
+/* the single-token weighted sum adds its last positions unfused, as the
+ * reference's vector dot does (here and in att_wsum_vec_fma) */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+/* positions of n that the single-token weighted sum takes in its 64 chains
+ * (the rest are added one at a time): those below pad32(n) & ~63, which
+ * may end inside the last 64-position block */
+static int32_t att_vec_np(int32_t n)
+{
+    const int32_t np = ((n + 31) & ~31) & ~63;
+    return np < n ? np : n;
+}
+
+/* the 64 chains' sums to o: ch[c] of chain c (ch_stride floats apart) */
+static float att_vec_reduce(const float *ch, size_t ch_stride)
+{
+    float r[16];
+    for (int l = 0; l < 16; l++)
+        r[l] = (ch[(size_t)l * ch_stride] + ch[(size_t)(l + 32) * ch_stride]) +
+               (ch[(size_t)(l + 16) * ch_stride] + ch[(size_t)(l + 48) * ch_stride]);
+    return quant_hsum16(r);
+}
+
+/* o[d] = sum over p < n of w[p] * v_p[d] in the single-token order (see
+ * the top of this section) */
+static void att_wsum_vec_ref(float *o, const float *w, const float *v, size_t v_stride,
+                             int32_t n, int32_t hd)
+{
+    const int32_t np = att_vec_np(n);
+    for (int32_t d = 0; d < hd; d++) {
+        float ch[64], s;
+        for (int c = 0; c < 64; c++) {
+            float a = 0.0f;
+            for (int32_t p = c; p < np; p += 64)
+                a = fmaf(w[p], v[(size_t)p * v_stride + (size_t)d], a);
+            ch[c] = a;
+        }
+        s = att_vec_reduce(ch, 1);
+        for (int32_t p = np; p < n; p++)
+            s += w[p] * v[(size_t)p * v_stride + (size_t)d];
+        o[d] = s;
+    }
+}
+
+#pragma GCC pop_options
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ATT_WSUM_X86 1
 /* The same for the rows of a chunk (lanes, at most ATT_TB), which share
@@ -689,6 +742,112 @@ __attribute__((target("avx2,fma"))) static void att_wsum_fma(float *const *o,
             att_wsum_ref(o[i] + hd8, w[i], v + hd8, v_stride, lim[i], hd - hd8);
     }
 }
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+/* att_wsum_vec_ref for the used lanes of a chunk (o[i] NULL = unused),
+ * which share their values, 8 dims at a time. Positions go in spans of
+ * ATT_VSPAN (whole 64-position blocks); within a span, each 8-dim slice
+ * takes each lane's 64 chains 8 at a time into registers (from
+ * acc[lane][chain][dim], the thread's att_wsum_scratch, kept between
+ * spans; the first span starts the chains at 0) and adds the span's blocks,
+ * so a chain gets ATT_VSPAN / 64 products per load and store, and the
+ * lanes read the same values one after the other, from L1. */
+#define ATT_VSPAN 256
+__attribute__((target("avx2,fma"))) static void
+att_wsum_vec_fma(float *const *o, const float *const *w, const int32_t *lim, int n_lanes,
+                 const float *v, size_t v_stride, int32_t hd, float *acc)
+{
+    const int32_t hd8 = hd & ~7;
+    int32_t np[ATT_TB], np_max = 0;
+    int lane[ATT_TB], nl = 0;
+    for (int i = 0; i < n_lanes; i++)
+        if (o[i]) {
+            lane[nl++] = i;
+            np[i] = att_vec_np(lim[i]);
+            np_max = np[i] > np_max ? np[i] : np_max;
+        }
+    if (nl == 0)
+        return;
+    for (int32_t s0 = 0; s0 < np_max; s0 += ATT_VSPAN) {
+        const int32_t s1 = np_max - s0 < ATT_VSPAN ? np_max : s0 + ATT_VSPAN;
+        /* the next span is fetched while this one is summed, a share of
+         * it per (slice, chain group) step */
+        const char *pf = (const char *)(v + (size_t)s1 * v_stride);
+        const int32_t n_next = np_max - s1 < ATT_VSPAN ? np_max - s1 : ATT_VSPAN;
+        const size_t pf_step = n_next > 0 && hd8 > 0
+                                   ? ((size_t)n_next * v_stride * sizeof(float) /
+                                          ((size_t)hd8 / 8 * 8) + 63) & ~(size_t)63
+                                   : 0;
+        for (int32_t d = 0; d < hd8; d += 8)
+            for (int h = 0; h < 64; h += 8, pf += pf_step) {
+                for (size_t b = 0; b < pf_step; b += 64)
+                    __builtin_prefetch(pf + b);
+                for (int k = 0; k < nl; k++) {
+                    const int i = lane[k];
+                    const int32_t e = np[i] < s1 ? np[i] : s1;
+                    const float *wi = w[i];
+                    float *ak = acc + (size_t)k * 64 * (size_t)hd8;
+                    __m256 ch[8];
+                    int32_t p0 = s0;
+                    if (e <= s0)
+                        continue;
+#pragma GCC unroll 8
+                    for (int l = 0; l < 8; l++)
+                        ch[l] = s0 == 0 ? _mm256_setzero_ps()
+                                        : _mm256_load_ps(ak + (size_t)(h + l) * (size_t)hd8 +
+                                                         (size_t)d);
+                    for (; p0 + 64 <= e; p0 += 64) {
+                        const float *vp = v + (size_t)(p0 + h) * v_stride + (size_t)d;
+#pragma GCC unroll 8
+                        for (int l = 0; l < 8; l++)
+                            ch[l] = _mm256_fmadd_ps(_mm256_set1_ps(wi[p0 + h + l]),
+                                                    _mm256_loadu_ps(vp + (size_t)l * v_stride),
+                                                    ch[l]);
+                    }
+                    /* the last block when the chains end inside it */
+                    for (int l = 0; l < 8 && p0 + h + l < e; l++)
+                        ch[l] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(wi[p0 + h + l]),
+                            _mm256_loadu_ps(v + (size_t)(p0 + h + l) * v_stride + (size_t)d),
+                            ch[l]);
+#pragma GCC unroll 8
+                    for (int l = 0; l < 8; l++)
+                        _mm256_store_ps(ak + (size_t)(h + l) * (size_t)hd8 + (size_t)d, ch[l]);
+                }
+            }
+    }
+    for (int k = 0; k < nl; k++) {
+        const int i = lane[k];
+        const float *ak = acc + (size_t)k * 64 * (size_t)hd8;
+        for (int32_t d = 0; d < hd8; d += 8) {
+            __m256 r[16], t[8], sum = _mm256_setzero_ps();
+            float out[8];
+            for (int l = 0; l < 16 && np[i] > 0; l++)
+                r[l] = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_load_ps(ak + (size_t)l * (size_t)hd8 + (size_t)d),
+                                  _mm256_load_ps(ak + (size_t)(l + 32) * (size_t)hd8 + (size_t)d)),
+                    _mm256_add_ps(_mm256_load_ps(ak + (size_t)(l + 16) * (size_t)hd8 + (size_t)d),
+                                  _mm256_load_ps(ak + (size_t)(l + 48) * (size_t)hd8 + (size_t)d)));
+            /* quant_hsum16 lane-wise: hsum8 of r[l] + r[l + 8] */
+            for (int l = 0; l < 8 && np[i] > 0; l++)
+                t[l] = _mm256_add_ps(r[l], r[l + 8]);
+            if (np[i] > 0) /* acc holds this lane's chains only when it has some */
+                sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+                                _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])));
+            _mm256_storeu_ps(out, sum);
+            for (int q = 0; q < 8; q++) {
+                float sq = out[q];
+                for (int32_t p = np[i]; p < lim[i]; p++)
+                    sq += w[i][p] * v[(size_t)p * v_stride + (size_t)(d + q)];
+                o[i][d + q] = sq;
+            }
+        }
+        if (hd8 < hd)
+            att_wsum_vec_ref(o[i] + hd8, w[i], v + hd8, v_stride, lim[i], hd - hd8);
+    }
+}
+#pragma GCC pop_options
 
 /* att_vexp on 8 lanes: the same operations, the branches as blends */
 __attribute__((target("avx2,fma"))) static inline __m256 att_vexp8(__m256 x)
@@ -866,20 +1025,26 @@ static void swiglu_rows(float *g, const float *u, int64_t n, int64_t n_ff, bool 
     (void)fast;
 }
 
-/* att_wsum_ref for each used lane, or att_wsum_fma for all of them */
+/* att_wsum_ref for each used lane, or att_wsum_fma for all of them; in
+ * the single-token order (tok) att_wsum_vec_ref / att_wsum_vec_fma, whose
+ * chains live in acc (att_wsum_scratch) */
 static void att_wsum(float *const *o, const float *const *w, const int32_t *lim, int n_lanes,
-                     const float *v, size_t v_stride, int32_t hd, bool fast)
+                     const float *v, size_t v_stride, int32_t hd, bool fast, bool tok,
+                     float *acc)
 {
 #ifdef ATT_WSUM_X86
     if (fast && hd <= ATT_MAX_HD) {
-        att_wsum_fma(o, w, lim, n_lanes, v, v_stride, hd);
+        if (tok)
+            att_wsum_vec_fma(o, w, lim, n_lanes, v, v_stride, hd, acc);
+        else
+            att_wsum_fma(o, w, lim, n_lanes, v, v_stride, hd);
         return;
     }
 #endif
-    (void)fast;
+    (void)acc;
     for (int i = 0; i < n_lanes; i++)
         if (o[i])
-            att_wsum_ref(o[i], w[i], v, v_stride, lim[i], hd);
+            (tok ? att_wsum_vec_ref : att_wsum_ref)(o[i], w[i], v, v_stride, lim[i], hd);
 }
 
 typedef struct {
@@ -944,6 +1109,13 @@ static void att_geom_init(const attn_job *job, att_geom *ag)
 static float *att_scratch(const moe_ctx *c, int ith)
 {
     return c->att_scores + (size_t)ith * ATT_TB * att_sc_stride(c);
+}
+
+/* thread ith's chains of the single-token weighted sum (att_wsum_vec_fma;
+ * see moe_ctx.att_vacc) */
+static float *att_wsum_scratch(const moe_ctx *c, int ith)
+{
+    return c->att_vacc + (size_t)ith * MOE_ATT_VACC(c->model->hp.n_embd_head);
 }
 
 /* One chunk = tb consecutive tokens x hl heads of one kv group, one
@@ -1018,7 +1190,8 @@ static void attn_chunk(void *arg, int ith, int64_t it)
             att_softmax(wi, lim[i], ag.fast);
         wrow[i] = wi;
     }
-    att_wsum(orow, wrow, lim, ATT_TB, vc + kv_off, (size_t)hd, hd, ag.fast);
+    att_wsum(orow, wrow, lim, ATT_TB, vc + kv_off, (size_t)hd, hd, ag.fast, c->token_order,
+             att_wsum_scratch(c, ith));
 }
 
 /* Heads wider than ATT_MAX_HD: one chunk = one (token, head) pair, the
@@ -1041,7 +1214,8 @@ static void attn_chunk_row(void *arg, int ith, int64_t it)
     att_softmax(w, n_pos, ag.fast);
     float *o = c->att + (size_t)t * n_q + (size_t)h * (size_t)hd;
     const float *wc = w;
-    att_wsum(&o, &wc, &n_pos, 1, ag.vc + kv_off, (size_t)hd, hd, ag.fast);
+    att_wsum(&o, &wc, &n_pos, 1, ag.vc + kv_off, (size_t)hd, hd, ag.fast, c->token_order,
+             NULL);
 }
 
 /* Norm, q/k/v projections, q/k norms and RoPE for the n tokens in ctx->x

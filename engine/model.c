@@ -620,6 +620,20 @@ static void *xcalloc(size_t n, size_t size, bool *ok)
     return p;
 }
 
+/* bytes of uninitialised memory on a 32-byte boundary (for aligned vector
+ * loads), as xcalloc fails */
+static void *xaligned32(size_t bytes, bool *ok)
+{
+    const size_t size = bytes ? (bytes + 31) & ~(size_t)31 : 32; /* a multiple of 32 */
+    void *p;
+    if (!*ok)
+        return NULL;
+    p = aligned_alloc(32, size);
+    if (!p)
+        *ok = false;
+    return p;
+}
+
 moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out)
 {
     const model_hparams *hp = &m->hp;
@@ -684,6 +698,8 @@ moe_status moe_ctx_new(moe_model *m, const moe_ctx_params *params, moe_ctx **out
     c->v = xcalloc(nb * n_kv, sizeof(float), &ok);
     c->att = xcalloc(nb * n_q, sizeof(float), &ok);
     c->att_scores = xcalloc((size_t)n_threads * MOE_ATT_LANES * (size_t)p.n_ctx, sizeof(float), &ok);
+    c->att_vacc = xaligned32((size_t)n_threads * MOE_ATT_VACC(hp->n_embd_head) * sizeof(float),
+                             &ok);
     c->ffn_out = xcalloc(nb * (size_t)hp->n_embd, sizeof(float), &ok);
     c->hb = xcalloc(nb * n_hidden, sizeof(float), &ok);
     c->hb2 = xcalloc(nb * n_hidden, sizeof(float), &ok);
@@ -733,6 +749,7 @@ void moe_ctx_free(moe_ctx *c)
     free(c->v);
     free(c->att);
     free(c->att_scores);
+    free(c->att_vacc);
     free(c->ffn_out);
     free(c->hb);
     free(c->hb2);

@@ -128,6 +128,9 @@ void model_route(const model_hparams *hp, const float *logits, float *probs,
 /* Run state */
 /* query rows per attention chunk: one vector lane each (forward.c) */
 #define MOE_ATT_LANES 8
+/* floats of one thread's chains in the single-token weighted sum: 64
+ * chains of every lane for each of the head's whole 8-float slices */
+#define MOE_ATT_VACC(hd) ((size_t)MOE_ATT_LANES * 64 * (size_t)((hd) & ~7))
 
 struct moe_ctx {
     moe_model *model;
@@ -150,6 +153,7 @@ struct moe_ctx {
     float *v;             /* [n_batch][n_embd_kv] */
     float *att;           /* [n_batch][n_head*hd] attention output */
     float *att_scores;    /* [n_threads][MOE_ATT_LANES][n_ctx] attention scratch */
+    float *att_vacc;      /* [n_threads][MOE_ATT_VACC(n_embd_head)], 32-byte aligned */
     float *ffn_out;       /* [n_batch][n_embd] */
     float *hb;            /* [n_batch][max(n_ff, n_sel*n_ff_exp, n_ff_shexp)] */
     float *hb2;           /* same */
