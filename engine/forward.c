@@ -822,7 +822,6 @@ att_wsum_vec_fma(float *const *o, const float *const *w, const int32_t *lim, int
         const float *ak = acc + (size_t)k * 64 * (size_t)hd8;
         for (int32_t d = 0; d < hd8; d += 8) {
             __m256 r[16], t[8], sum = _mm256_setzero_ps();
-            float out[8];
             for (int l = 0; l < 16 && np[i] > 0; l++)
                 r[l] = _mm256_add_ps(
                     _mm256_add_ps(_mm256_load_ps(ak + (size_t)l * (size_t)hd8 + (size_t)d),
@@ -835,13 +834,14 @@ att_wsum_vec_fma(float *const *o, const float *const *w, const int32_t *lim, int
             if (np[i] > 0) /* acc holds this lane's chains only when it has some */
                 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
                                 _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])));
-            _mm256_storeu_ps(out, sum);
-            for (int q = 0; q < 8; q++) {
-                float sq = out[q];
-                for (int32_t p = np[i]; p < lim[i]; p++)
-                    sq += w[i][p] * v[(size_t)p * v_stride + (size_t)(d + q)];
-                o[i][d + q] = sq;
-            }
+            /* the positions past the chains, one unfused product at a
+             * time per dim: the 8 dims' sums side by side, lane-wise the
+             * same operations as the scalar loop */
+            for (int32_t p = np[i]; p < lim[i]; p++)
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(w[i][p]),
+                                                       _mm256_loadu_ps(v + (size_t)p * v_stride +
+                                                                       (size_t)d)));
+            _mm256_storeu_ps(o[i] + d, sum);
         }
         if (hd8 < hd)
             att_wsum_vec_ref(o[i] + hd8, w[i], v + hd8, v_stride, lim[i], hd - hd8);
