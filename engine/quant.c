@@ -1286,6 +1286,30 @@ void quant_quantize_row(moe_type t, const float *src, void *dst, int64_t n)
  * comfortably in L2, else chunks (weights are then re-read per chunk). */
 #define GEMM_ACT_BYTES (512u * 1024u)
 
+/* One activation row (a generated token) against weight rows r0..r1:
+ * DECODE_STREAMS rows far apart at a time, each the type's dot, while the
+ * next rows of every stream are prefetched (DECODE_PF_ROWS ahead), so
+ * memory sees DECODE_STREAMS sequential streams with requests in flight.
+ * The same dot per row as the plain loop: the same bits. */
+#define DECODE_STREAMS 8
+#define DECODE_PF_ROWS 2
+static void decode_rows(quant_dot_fn dot, int64_t n, const uint8_t *wb, size_t wrb, int64_t r0,
+                        int64_t r1, const void *act, float *out)
+{
+    const int64_t q = (r1 - r0) / DECODE_STREAMS;
+    for (int64_t r = r0; r < r0 + q; r++) {
+        for (int k = 0; k < DECODE_STREAMS; k++) {
+            const uint8_t *pf = wb + (size_t)(r + DECODE_PF_ROWS + k * q) * wrb;
+            for (size_t b = 0; b < wrb; b += 64)
+                __builtin_prefetch(pf + b);
+        }
+        for (int k = 0; k < DECODE_STREAMS; k++)
+            out[r + k * q] = dot(n, wb + (size_t)(r + k * q) * wrb, act);
+    }
+    for (int64_t r = r0 + DECODE_STREAMS * q; r < r1; r++)
+        out[r] = dot(n, wb + (size_t)r * wrb, act);
+}
+
 static void gemm(bool expert, moe_type t, int64_t n, const void *w, size_t w_row_bytes,
                  int64_t r0, int64_t r1, const void *act, size_t act_row_bytes, int64_t n_act,
                  float *out, int64_t n_rows_out)
@@ -1308,6 +1332,14 @@ static void gemm(bool expert, moe_type t, int64_t n, const void *w, size_t w_row
         ref = quant_ref_dot_expert;
     }
     const uint8_t *wb = w, *ab = act;
+    if (n_act == 1 && !vec_order && k && k->decode[t]) {
+        k->decode[t](n, w, w_row_bytes, r0, r1, act, out);
+        return;
+    }
+    if (n_act == 1 && dot && !vec_order) {
+        decode_rows(dot, n, wb, w_row_bytes, r0, r1, act, out);
+        return;
+    }
     int64_t chunk = n_act;
     if (act_row_bytes > 0 && (size_t)n_act * act_row_bytes > GEMM_ACT_BYTES) {
         chunk = (int64_t)(GEMM_ACT_BYTES / act_row_bytes) & ~(int64_t)3;

@@ -175,6 +175,13 @@ typedef void (*quant_gemm_fn)(int64_t n, const void *w, size_t w_row_bytes, int6
                               int64_t r1, const void *act, size_t act_row_bytes, int64_t n_act,
                               float *out, int64_t n_rows_out);
 
+/* one activation row (a generated token) against weight rows r0..r1 into
+ * out[r0..r1) (every output equal to the type's dot): several rows far
+ * apart at once, so memory sees several streams and the rows' dependency
+ * chains overlap */
+typedef void (*quant_decode_fn)(int64_t n, const void *w, size_t w_row_bytes, int64_t r0,
+                                int64_t r1, const void *act, float *out);
+
 typedef struct {
     const char *name;
     quant_dot_fn dot[MOE_TYPE_COUNT];
@@ -183,6 +190,7 @@ typedef struct {
     quant_dot_fn dot_expert[MOE_TYPE_COUNT];
     quant_quantize_fn quantize[MOE_TYPE_COUNT];
     quant_gemm_fn gemm[MOE_TYPE_COUNT]; /* NULL: the dot/dot4 loop of quant.c */
+    quant_decode_fn decode[MOE_TYPE_COUNT]; /* NULL: quant.c's decode_rows over dot */
     /* quant_dot_f32_wide (NULL: the scalar one) */
     double (*dot_f32_wide)(int64_t n, const float *w, const float *a);
 } quant_kernels;

@@ -1096,10 +1096,71 @@ QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
     }                                                                                     \
     QX_ROW_WRAPPERS(NAME)
 
+/* The single-token form of NAME##_rows (one activation row, na = 1):
+ * QX_KD_STREAMS weight rows far apart go through the block loop together,
+ * each with exactly the operations of NAME##_rows, so their chains overlap
+ * and memory sees as many streams; the next rows of every stream are
+ * prefetched (QX_KD_PF rows ahead). Rows left over go through NAME##_dot. */
+#define QX_KD_STREAMS 4
+#define QX_KD_PF 2
+#define QX_KLDECODE(NAME, KL, WT, MODE, DMINF)                                            \
+    static QX_TARGET void QX(NAME##_decode)(int64_t n, const void *wv, size_t wrb,        \
+                                            int64_t r0, int64_t r1, const void *act,      \
+                                            float *out)                                   \
+    {                                                                                     \
+        const uint8_t *wb = wv;                                                           \
+        const blk_q8_k *a[1] = {act};                                                     \
+        const int64_t nb = n / QK_K, q = (r1 - r0) / QX_KD_STREAMS;                       \
+        for (int64_t r = r0; r < r0 + q; r++) {                                           \
+            const WT *ws[QX_KD_STREAMS];                                                  \
+            __m256 acc[QX_KD_STREAMS];                                                    \
+            __m128 accm[QX_KD_STREAMS];                                                   \
+            float s0[QX_KD_STREAMS];                                                      \
+            QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++) {                           \
+                const uint8_t *pf = wb + (size_t)(r + QX_KD_PF + k * q) * wrb;            \
+                for (size_t b = 0; b < wrb; b += 64)                                      \
+                    _mm_prefetch((const char *)(pf + b), _MM_HINT_T0);                    \
+                ws[k] = (const WT *)(const void *)(wb + (size_t)(r + k * q) * wrb);       \
+                acc[k] = _mm256_setzero_ps();                                             \
+                accm[k] = _mm_setzero_ps();                                               \
+                s0[k] = 0.0f;                                                             \
+            }                                                                             \
+            for (int64_t i = 0; i < nb; i++) {                                            \
+                const float d8 = a[0][i].d;                                               \
+                QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++) {                       \
+                    __m256i lanes[1];                                                     \
+                    __m128i imin[1];                                                      \
+                    QX(KL)(ws[k], a, i, 1, lanes, imin);                                  \
+                    float dw = QX(h2f)(ws[k][i].d);                                       \
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw),                     \
+                                             _mm256_cvtepi32_ps(lanes[0]), acc[k]);       \
+                    if (MODE == 4)                                                        \
+                        accm[k] = _mm_fmadd_ps(_mm_set1_ps(-d8 * QX(h2f)(ws[k][i].DMINF)), \
+                                               _mm_cvtepi32_ps(imin[0]), accm[k]);        \
+                    if (MODE == 5)                                                        \
+                        s0[k] = QX(fma1)(-d8 * QX(h2f)(ws[k][i].DMINF),                   \
+                                         (float)QX(hsum_i128)(imin[0]), s0[k]);           \
+                }                                                                         \
+            }                                                                             \
+            QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++) {                           \
+                if (MODE == 4) {                                                          \
+                    __m128 m = _mm_add_ps(accm[k], _mm_movehl_ps(accm[k], accm[k]));      \
+                    s0[k] = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));             \
+                }                                                                         \
+                out[r + k * q] = QX(hsum)(acc[k]) + s0[k];                                \
+            }                                                                             \
+        }                                                                                 \
+        for (int64_t r = r0 + QX_KD_STREAMS * q; r < r1; r++)                             \
+            out[r] = QX(NAME##_dot)(n, wb + (size_t)r * wrb, act);                        \
+    }
+
 /* DMINF: the dmin field (q6_k has none and passes d: MODE 6 never reads it) */
 QX_KLDRIVER(q4_k, q4_k_kl, blk_q4_k, 4, dmin)
 QX_KLDRIVER(q5_k, q5_k_kl, blk_q5_k, 5, dmin)
 QX_KLDRIVER(q6_k, q6_k_kl, blk_q6_k, 6, d)
+QX_KLDECODE(q4_k, q4_k_kl, blk_q4_k, 4, dmin)
+QX_KLDECODE(q5_k, q5_k_kl, blk_q5_k, 5, dmin)
+QX_KLDECODE(q6_k, q6_k_kl, blk_q6_k, 6, d)
 QX_DRIVER(q8_k, blk_q8_k, blk_q8_k, QK_K)
 
 
@@ -1278,6 +1339,9 @@ static void QX(fill)(quant_kernels *ks)
     QX_SET(MOE_TYPE_Q6_K, q6_k)
     QX_SET(MOE_TYPE_Q8_K, q8_k)
 #undef QX_SET
+    ks->decode[MOE_TYPE_Q4_K] = QX(q4_k_decode);
+    ks->decode[MOE_TYPE_Q5_K] = QX(q5_k_decode);
+    ks->decode[MOE_TYPE_Q6_K] = QX(q6_k_decode);
     ks->quantize[MOE_TYPE_Q8_0] = QX(quant_q8_0);
     ks->quantize[MOE_TYPE_Q8_1] = QX(quant_q8_1);
     ks->quantize[MOE_TYPE_Q8_K] = QX(quant_q8_k);
@@ -1289,6 +1353,7 @@ static void QX(fill)(quant_kernels *ks)
 #undef DPWSSD
 #undef QX_DRIVER
 #undef QX_KLDRIVER
+#undef QX_KLDECODE
 #undef QX_SDRIVER
 #undef QX_FLOAT_STEP
 #undef QX_SIGNED_INT

@@ -489,10 +489,10 @@ START_TEST(test_dot_extremes)
 END_TEST
 
 /* gemm against vec_dot (exactly) and the reference: 7 activation rows
- * (4-row blocks plus a tail), then 1 (q8_0's decode path: 8 rows far
- * apart at once, here 2 per stream plus a 2-row tail) and 3; rows r0..r1
- * not a multiple of 4 or 8; an odd number of 32-blocks where the type
- * allows */
+ * (4-row blocks plus a tail), then 1 (the single-token paths: rows far
+ * apart at once, 8 streams for q8_0, 4 for the k-quants, 8 for the other
+ * types' decode_rows, each with a tail) and 3; rows r0..r1 not a multiple
+ * of 4 or 8; an odd number of 32-blocks where the type allows */
 static void gemm_check(int64_t n_act)
 {
     const int64_t rows = 21, r0 = 2, r1 = 20;
