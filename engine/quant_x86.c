@@ -839,6 +839,67 @@ QX_SDRIVER(q5_0, blk_q5_0, blk_q8_0, 0, 0, d, d)
 QX_SDRIVER(q4_1, blk_q4_1, blk_q8_1, 1, 0, m, s)
 QX_SDRIVER(q5_1, blk_q5_1, blk_q8_1, 1, 0, m, s)
 
+/* q4_0_row for QX_Q40_STREAMS weight rows far apart and one activation
+ * row (a generated token): per 8 blocks, each row's integer sums and scale
+ * products dw * da as vectors (the same products), then the rows' chains
+ * sv = fma(isum, d, sv) block by block, interleaved so they overlap; the
+ * next rows of every stream prefetched. Every output equals q4_0_dot. */
+#define QX_Q40_STREAMS 4
+#define QX_Q40_MAXB 256 /* blocks per row with the table of da */
+#define QX_Q40_PF 2     /* rows prefetched ahead */
+static QX_TARGET void QX(q4_0_decode)(int64_t n, const void *wv, size_t wrb, int64_t r0,
+                                      int64_t r1, const void *act, float *out)
+{
+    const uint8_t *wb = wv;
+    const blk_q8_0 *a = act;
+    const int64_t nb = n / QK32, q = (r1 - r0) / QX_Q40_STREAMS;
+    float da[QX_Q40_MAXB];
+    int64_t r = r0;
+    if (nb > QX_Q40_MAXB) { /* rows too long for the table */
+        for (; r < r1; r++)
+            out[r] = QX(q4_0_dot)(n, wb + (size_t)r * wrb, act);
+        return;
+    }
+    for (int64_t i = 0; i < nb; i++)
+        da[i] = QX(h2f)(a[i].d);
+    for (; r < r0 + q; r++) {
+        const blk_q4_0 *ws[QX_Q40_STREAMS];
+        __m128 sv[QX_Q40_STREAMS];
+        QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++) {
+            const uint8_t *pf = wb + (size_t)(r + QX_Q40_PF + k * q) * wrb;
+            for (size_t b = 0; b < wrb; b += 64)
+                _mm_prefetch((const char *)(pf + b), _MM_HINT_T0);
+            ws[k] = (const blk_q4_0 *)(const void *)(wb + (size_t)(r + k * q) * wrb);
+            sv[k] = _mm_setzero_ps();
+        }
+        int64_t i = 0;
+        for (; i + 8 <= nb; i += 8) {
+            float t[QX_Q40_STREAMS][8], d[QX_Q40_STREAMS][8];
+            const __m256 a8 = _mm256_loadu_ps(da + i);
+            QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++) {
+                __m256i p[4];
+                QX_UNROLL for (int b = 0; b < 4; b++)
+                    p[b] = QX(q4_0_pair)(ws[k], a, i + 2 * b);
+                _mm256_storeu_ps(t[k], _mm256_cvtepi32_ps(QX(reduce4pairs)(p)));
+                _mm256_storeu_ps(d[k], _mm256_mul_ps(QX(h8)(&ws[k][i].d, sizeof(blk_q4_0)), a8));
+            }
+            QX_UNROLL for (int b = 0; b < 8; b++)
+                QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++)
+                    sv[k] = _mm_fmadd_ss(_mm_load_ss(&t[k][b]), _mm_load_ss(&d[k][b]), sv[k]);
+        }
+        for (; i < nb; i++)
+            QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++) {
+                float dd = QX(h2f)(ws[k][i].d) * da[i];
+                float isum = (float)QX(hsum_i32)(QX(q4_0_int)(ws[k], a, i));
+                sv[k] = _mm_fmadd_ss(_mm_set_ss(isum), _mm_set_ss(dd), sv[k]);
+            }
+        QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++)
+            out[r + k * q] = _mm_cvtss_f32(sv[k]);
+    }
+    for (r = r0 + QX_Q40_STREAMS * q; r < r1; r++)
+        out[r] = QX(q4_0_dot)(n, wb + (size_t)r * wrb, act);
+}
+
 
 
 /* ---- k-quants against q8_k ---------------------------------------------------- */
@@ -1339,6 +1400,7 @@ static void QX(fill)(quant_kernels *ks)
     QX_SET(MOE_TYPE_Q6_K, q6_k)
     QX_SET(MOE_TYPE_Q8_K, q8_k)
 #undef QX_SET
+    ks->decode[MOE_TYPE_Q4_0] = QX(q4_0_decode);
     ks->decode[MOE_TYPE_Q4_K] = QX(q4_k_decode);
     ks->decode[MOE_TYPE_Q5_K] = QX(q5_k_decode);
     ks->decode[MOE_TYPE_Q6_K] = QX(q6_k_decode);

@@ -490,7 +490,7 @@ END_TEST
 
 /* gemm against vec_dot (exactly) and the reference: 7 activation rows
  * (4-row blocks plus a tail), then 1 (the single-token paths: rows far
- * apart at once, 8 streams for q8_0, 4 for the k-quants, 8 for the other
+ * apart at once, 8 streams for q8_0, 4 for q4_0 and the k-quants, 8 for the other
  * types' decode_rows, each with a tail) and 3; rows r0..r1 not a multiple
  * of 4 or 8; an odd number of 32-blocks where the type allows */
 static void gemm_check(int64_t n_act)
