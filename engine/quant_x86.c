@@ -839,6 +839,56 @@ QX_SDRIVER(q5_0, blk_q5_0, blk_q8_0, 0, 0, d, d)
 QX_SDRIVER(q4_1, blk_q4_1, blk_q8_1, 1, 0, m, s)
 QX_SDRIVER(q5_1, blk_q5_1, blk_q8_1, 1, 0, m, s)
 
+/* q4_0_row for one weight row and four activation rows: each pair of
+ * blocks' nibbles unpacked once for the four; per activation the same
+ * integer sums, products dw * da (as vectors) and chain as q4_0_row, the
+ * four chains interleaved. */
+static QX_TARGET void QX(q4_0_dot4x)(int64_t n, const void *wv, const void *const av[4],
+                                     float out[4])
+{
+    const blk_q4_0 *w = wv;
+    const blk_q8_0 *a[4] = {av[0], av[1], av[2], av[3]};
+    const __m256i m4 = _mm256_set1_epi8(0xF), k8 = _mm256_set1_epi8(8);
+    const int64_t nb = n / QK32;
+    __m128 sv[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m256i p[4][4];
+        float t[4][8], d[4][8];
+        const __m256 dw = QX(h8)(&w[i].d, sizeof(blk_q4_0));
+        QX_UNROLL for (int b = 0; b < 4; b++) {
+            const int64_t j = i + 2 * b;
+            __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)w[j + 1].qs),
+                                         _mm_loadu_si128((const __m128i *)w[j].qs));
+            __m256i lo = _mm256_sub_epi8(_mm256_and_si256(x, m4), k8);
+            __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), k8);
+            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+            QX_UNROLL for (int k = 0; k < 4; k++) {
+                __m256i a0 = QX(load256)(a[k][j].qs), a1 = QX(load256)(a[k][j + 1].qs);
+                __m256i alo = _mm256_permute2x128_si256(a0, a1, 0x20);
+                __m256i ahi = _mm256_permute2x128_si256(a0, a1, 0x31);
+                __m256i q = DPBUSD(_mm256_setzero_si256(), ulo, _mm256_sign_epi8(alo, lo));
+                p[k][b] = DPBUSD(q, uhi, _mm256_sign_epi8(ahi, hi));
+            }
+        }
+        QX_UNROLL for (int k = 0; k < 4; k++) {
+            _mm256_storeu_ps(t[k], _mm256_cvtepi32_ps(QX(reduce4pairs)(p[k])));
+            _mm256_storeu_ps(d[k], _mm256_mul_ps(dw, QX(h8)(&a[k][i].d, sizeof(blk_q8_0))));
+        }
+        QX_UNROLL for (int b = 0; b < 8; b++)
+            QX_UNROLL for (int k = 0; k < 4; k++)
+                sv[k] = _mm_fmadd_ss(_mm_load_ss(&t[k][b]), _mm_load_ss(&d[k][b]), sv[k]);
+    }
+    for (; i < nb; i++)
+        QX_UNROLL for (int k = 0; k < 4; k++) {
+            float dd = QX(h2f)(w[i].d) * QX(h2f)(a[k][i].d);
+            float isum = (float)QX(hsum_i32)(QX(q4_0_int)(w, a[k], i));
+            sv[k] = _mm_fmadd_ss(_mm_set_ss(isum), _mm_set_ss(dd), sv[k]);
+        }
+    QX_UNROLL for (int k = 0; k < 4; k++)
+        out[k] = _mm_cvtss_f32(sv[k]);
+}
+
 /* q4_0_row for QX_Q40_STREAMS weight rows far apart and one activation
  * row (a generated token): per 8 blocks, each row's integer sums and scale
  * products dw * da as vectors (the same products), then the rows' chains
@@ -1401,6 +1451,7 @@ static void QX(fill)(quant_kernels *ks)
     QX_SET(MOE_TYPE_Q8_K, q8_k)
 #undef QX_SET
     ks->decode[MOE_TYPE_Q4_0] = QX(q4_0_decode);
+    ks->dot4[MOE_TYPE_Q4_0] = QX(q4_0_dot4x);
     ks->decode[MOE_TYPE_Q4_K] = QX(q4_k_decode);
     ks->decode[MOE_TYPE_Q5_K] = QX(q5_k_decode);
     ks->decode[MOE_TYPE_Q6_K] = QX(q6_k_decode);
