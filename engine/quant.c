@@ -1347,8 +1347,9 @@ static void gemm(bool expert, moe_type t, int64_t n, const void *w, size_t w_row
     }
     for (int64_t j0 = 0; j0 < n_act; j0 += chunk) {
         int64_t j1 = j0 + chunk < n_act ? j0 + chunk : n_act;
-        /* one weight row at a time: interleaving rows (to get independent
-         * FMA chains) was measured 2.5-3x slower from DRAM on this machine */
+        /* one weight row at a time: interleaving adjacent rows (to get
+         * independent FMA chains) was measured 2.5-3x slower from DRAM;
+         * rows far apart are what the single-token path interleaves */
         for (int64_t r = r0; r < r1; r++) {
             const void *wr = wb + (size_t)r * w_row_bytes;
             int64_t j = j0;
