@@ -1159,6 +1159,29 @@ static inline QX_ALWAYS QX_TARGET void QX(q8_k_step)(const blk_q8_k *w, const bl
 
 QX_DRIVER(q2_k, blk_q2_k, blk_q8_k, QK_K)
 QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
+/* one block's float step of q4_k / q5_k / q6_k (MODE below): d8 the
+ * activation's scale, dw and dmin the weight block's (dmin unused by 6) */
+static inline QX_ALWAYS QX_TARGET void QX(kl_float)(int mode, float d8, float dw, float dmin,
+                                                    __m256i lanes, __m128i imin, __m256 *acc,
+                                                    __m128 *accm, float *s0)
+{
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw), _mm256_cvtepi32_ps(lanes), *acc);
+    if (mode == 4)
+        *accm = _mm_fmadd_ps(_mm_set1_ps(-d8 * dmin), _mm_cvtepi32_ps(imin), *accm);
+    if (mode == 5)
+        *s0 = QX(fma1)(-d8 * dmin, (float)QX(hsum_i128)(imin), *s0);
+}
+
+/* a row's result from its float accumulators (MODE below) */
+static inline QX_ALWAYS QX_TARGET float QX(kl_finish)(int mode, __m256 acc, __m128 accm, float s0)
+{
+    if (mode == 4) {
+        __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+        s0 = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+    }
+    return QX(hsum)(acc) + s0;
+}
+
 /* float part of q4_k / q5_k / q6_k, in the reference order (quant.c):
  *   MODE 6: acc = fma(d8*dw, lanes, acc) per block; hsum8
  *   MODE 5: as 6, plus summs = fma(-d8*dmin, sum of imin, summs); hsum8 + summs
@@ -1184,26 +1207,13 @@ QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
             __m256i lanes[4];                                                             \
             __m128i imin[4];                                                              \
             QX(KL)(w, a, i, na, lanes, imin);                                             \
-            float dw = QX(h2f)(w[i].d);                                                   \
-            QX_UNROLL for (int k = 0; k < na; k++) {                                                \
-                float d8 = a[k][i].d;                                                     \
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw), _mm256_cvtepi32_ps(lanes[k]), \
-                                         acc[k]);                                         \
-                if (MODE == 4)                                                            \
-                    accm[k] = _mm_fmadd_ps(_mm_set1_ps(-d8 * QX(h2f)(w[i].DMINF)),        \
-                                           _mm_cvtepi32_ps(imin[k]), accm[k]);            \
-                if (MODE == 5)                                                            \
-                    s0[k] = QX(fma1)(-d8 * QX(h2f)(w[i].DMINF),                           \
-                                     (float)QX(hsum_i128)(imin[k]), s0[k]);               \
-            }                                                                             \
+            float dw = QX(h2f)(w[i].d), dmin = QX(h2f)(w[i].DMINF);                       \
+            QX_UNROLL for (int k = 0; k < na; k++)                                        \
+                QX(kl_float)(MODE, a[k][i].d, dw, dmin, lanes[k], imin[k], &acc[k],       \
+                             &accm[k], &s0[k]);                                           \
         }                                                                                 \
-        QX_UNROLL for (int k = 0; k < na; k++) {                                                    \
-            if (MODE == 4) {                                                              \
-                __m128 m = _mm_add_ps(accm[k], _mm_movehl_ps(accm[k], accm[k]));          \
-                s0[k] = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));                 \
-            }                                                                             \
-            out[k] = QX(hsum)(acc[k]) + s0[k];                                            \
-        }                                                                                 \
+        QX_UNROLL for (int k = 0; k < na; k++)                                            \
+            out[k] = QX(kl_finish)(MODE, acc[k], accm[k], s0[k]);                         \
     }                                                                                     \
     QX_ROW_WRAPPERS(NAME)
 
@@ -1242,24 +1252,12 @@ QX_DRIVER(q3_k, blk_q3_k, blk_q8_k, QK_K)
                     __m256i lanes[1];                                                     \
                     __m128i imin[1];                                                      \
                     QX(KL)(ws[k], a, i, 1, lanes, imin);                                  \
-                    float dw = QX(h2f)(ws[k][i].d);                                       \
-                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d8 * dw),                     \
-                                             _mm256_cvtepi32_ps(lanes[0]), acc[k]);       \
-                    if (MODE == 4)                                                        \
-                        accm[k] = _mm_fmadd_ps(_mm_set1_ps(-d8 * QX(h2f)(ws[k][i].DMINF)), \
-                                               _mm_cvtepi32_ps(imin[0]), accm[k]);        \
-                    if (MODE == 5)                                                        \
-                        s0[k] = QX(fma1)(-d8 * QX(h2f)(ws[k][i].DMINF),                   \
-                                         (float)QX(hsum_i128)(imin[0]), s0[k]);           \
+                    QX(kl_float)(MODE, d8, QX(h2f)(ws[k][i].d), QX(h2f)(ws[k][i].DMINF),  \
+                                 lanes[0], imin[0], &acc[k], &accm[k], &s0[k]);           \
                 }                                                                         \
             }                                                                             \
-            QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++) {                           \
-                if (MODE == 4) {                                                          \
-                    __m128 m = _mm_add_ps(accm[k], _mm_movehl_ps(accm[k], accm[k]));      \
-                    s0[k] = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));             \
-                }                                                                         \
-                out[r + k * q] = QX(hsum)(acc[k]) + s0[k];                                \
-            }                                                                             \
+            QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++)                             \
+                out[r + k * q] = QX(kl_finish)(MODE, acc[k], accm[k], s0[k]);             \
         }                                                                                 \
         for (int64_t r = r0 + QX_KD_STREAMS * q; r < r1; r++)                             \
             out[r] = QX(NAME##_dot)(n, wb + (size_t)r * wrb, act);                        \
