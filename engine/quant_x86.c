@@ -511,19 +511,34 @@ static inline QX_ALWAYS QX_TARGET __m256i QX(reduce8)(const __m256i *p)
  * block b's integer dot, lanes 4..7 to block b + 1's. The weights' nibbles
  * stay in place ([lo_b | lo_b1], [hi_b | hi_b1]); the activations are
  * regrouped to match instead. */
-static inline QX_ALWAYS QX_TARGET __m256i QX(q4_0_pair)(const blk_q4_0 *w, const blk_q8_0 *a,
-                                                        int64_t b)
+/* the weights' part: the pair's low and high nibbles minus 8 */
+static inline QX_ALWAYS QX_TARGET void QX(q4_0_wpair)(const blk_q4_0 *w, int64_t b, __m256i *lo,
+                                                      __m256i *hi)
 {
     const __m256i m4 = _mm256_set1_epi8(0xF), k8 = _mm256_set1_epi8(8);
     __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)w[b + 1].qs),
                                  _mm_loadu_si128((const __m128i *)w[b].qs));
-    __m256i lo = _mm256_sub_epi8(_mm256_and_si256(x, m4), k8);
-    __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), k8);
+    *lo = _mm256_sub_epi8(_mm256_and_si256(x, m4), k8);
+    *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), k8);
+}
+
+/* the activations' part, given the weights' */
+static inline QX_ALWAYS QX_TARGET __m256i QX(q4_0_apair)(const blk_q8_0 *a, int64_t b, __m256i lo,
+                                                         __m256i hi)
+{
     __m256i a0 = QX(load256)(a[b].qs), a1 = QX(load256)(a[b + 1].qs);
     __m256i alo = _mm256_permute2x128_si256(a0, a1, 0x20);
     __m256i ahi = _mm256_permute2x128_si256(a0, a1, 0x31);
     __m256i p = DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(lo, lo), _mm256_sign_epi8(alo, lo));
     return DPBUSD(p, _mm256_sign_epi8(hi, hi), _mm256_sign_epi8(ahi, hi));
+}
+
+static inline QX_ALWAYS QX_TARGET __m256i QX(q4_0_pair)(const blk_q4_0 *w, const blk_q8_0 *a,
+                                                        int64_t b)
+{
+    __m256i lo, hi;
+    QX(q4_0_wpair)(w, b, &lo, &hi);
+    return QX(q4_0_apair)(a, b, lo, hi);
 }
 
 /* totals of eight blocks from four pair vectors: [t0, ..., t7] */
@@ -848,7 +863,6 @@ static QX_TARGET void QX(q4_0_dot4x)(int64_t n, const void *wv, const void *cons
 {
     const blk_q4_0 *w = wv;
     const blk_q8_0 *a[4] = {av[0], av[1], av[2], av[3]};
-    const __m256i m4 = _mm256_set1_epi8(0xF), k8 = _mm256_set1_epi8(8);
     const int64_t nb = n / QK32;
     __m128 sv[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
     int64_t i = 0;
@@ -857,19 +871,10 @@ static QX_TARGET void QX(q4_0_dot4x)(int64_t n, const void *wv, const void *cons
         float t[4][8], d[4][8];
         const __m256 dw = QX(h8)(&w[i].d, sizeof(blk_q4_0));
         QX_UNROLL for (int b = 0; b < 4; b++) {
-            const int64_t j = i + 2 * b;
-            __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)w[j + 1].qs),
-                                         _mm_loadu_si128((const __m128i *)w[j].qs));
-            __m256i lo = _mm256_sub_epi8(_mm256_and_si256(x, m4), k8);
-            __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), k8);
-            __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
-            QX_UNROLL for (int k = 0; k < 4; k++) {
-                __m256i a0 = QX(load256)(a[k][j].qs), a1 = QX(load256)(a[k][j + 1].qs);
-                __m256i alo = _mm256_permute2x128_si256(a0, a1, 0x20);
-                __m256i ahi = _mm256_permute2x128_si256(a0, a1, 0x31);
-                __m256i q = DPBUSD(_mm256_setzero_si256(), ulo, _mm256_sign_epi8(alo, lo));
-                p[k][b] = DPBUSD(q, uhi, _mm256_sign_epi8(ahi, hi));
-            }
+            __m256i lo, hi;
+            QX(q4_0_wpair)(w, i + 2 * b, &lo, &hi);
+            QX_UNROLL for (int k = 0; k < 4; k++)
+                p[k][b] = QX(q4_0_apair)(a[k], i + 2 * b, lo, hi);
         }
         QX_UNROLL for (int k = 0; k < 4; k++) {
             _mm256_storeu_ps(t[k], _mm256_cvtepi32_ps(QX(reduce4pairs)(p[k])));
