@@ -1298,8 +1298,10 @@ static void decode_rows(quant_dot_fn dot, int64_t n, const uint8_t *wb, size_t w
 {
     const int64_t q = (r1 - r0) / DECODE_STREAMS;
     for (int64_t r = r0; r < r0 + q; r++) {
+        /* the streams' rows DECODE_PF_ROWS ahead, the last ones at most */
+        const int64_t rp = r + DECODE_PF_ROWS < r0 + q ? r + DECODE_PF_ROWS : r0 + q - 1;
         for (int k = 0; k < DECODE_STREAMS; k++) {
-            const uint8_t *pf = wb + (size_t)(r + DECODE_PF_ROWS + k * q) * wrb;
+            const uint8_t *pf = wb + (size_t)(rp + k * q) * wrb;
             for (size_t b = 0; b < wrb; b += 64)
                 __builtin_prefetch(pf + b);
         }

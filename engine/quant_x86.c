@@ -920,8 +920,9 @@ static QX_TARGET void QX(q4_0_decode)(int64_t n, const void *wv, size_t wrb, int
     for (; r < r0 + q; r++) {
         const blk_q4_0 *ws[QX_Q40_STREAMS];
         __m128 sv[QX_Q40_STREAMS];
+        const int64_t rp = r + QX_Q40_PF < r0 + q ? r + QX_Q40_PF : r0 + q - 1;
         QX_UNROLL for (int k = 0; k < QX_Q40_STREAMS; k++) {
-            const uint8_t *pf = wb + (size_t)(r + QX_Q40_PF + k * q) * wrb;
+            const uint8_t *pf = wb + (size_t)(rp + k * q) * wrb;
             for (size_t b = 0; b < wrb; b += 64)
                 _mm_prefetch((const char *)(pf + b), _MM_HINT_T0);
             ws[k] = (const blk_q4_0 *)(const void *)(wb + (size_t)(r + k * q) * wrb);
@@ -1226,7 +1227,8 @@ static inline QX_ALWAYS QX_TARGET float QX(kl_finish)(int mode, __m256 acc, __m1
  * QX_KD_STREAMS weight rows far apart go through the block loop together,
  * each with exactly the operations of NAME##_rows, so their chains overlap
  * and memory sees as many streams; the next rows of every stream are
- * prefetched (QX_KD_PF rows ahead). Rows left over go through NAME##_dot. */
+ * prefetched (QX_KD_PF rows ahead, inside the streams). Rows left over go
+ * through NAME##_dot. */
 #define QX_KD_STREAMS 4
 #define QX_KD_PF 2
 #define QX_KLDECODE(NAME, KL, WT, MODE, DMINF)                                            \
@@ -1242,8 +1244,9 @@ static inline QX_ALWAYS QX_TARGET float QX(kl_finish)(int mode, __m256 acc, __m1
             __m256 acc[QX_KD_STREAMS];                                                    \
             __m128 accm[QX_KD_STREAMS];                                                   \
             float s0[QX_KD_STREAMS];                                                      \
+            const int64_t rp = r + QX_KD_PF < r0 + q ? r + QX_KD_PF : r0 + q - 1;         \
             QX_UNROLL for (int k = 0; k < QX_KD_STREAMS; k++) {                           \
-                const uint8_t *pf = wb + (size_t)(r + QX_KD_PF + k * q) * wrb;            \
+                const uint8_t *pf = wb + (size_t)(rp + k * q) * wrb;                      \
                 for (size_t b = 0; b < wrb; b += 64)                                      \
                     _mm_prefetch((const char *)(pf + b), _MM_HINT_T0);                    \
                 ws[k] = (const WT *)(const void *)(wb + (size_t)(r + k * q) * wrb);       \
